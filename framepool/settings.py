@@ -1,0 +1,108 @@
+"""One Settings object for every framepool process.
+
+Names follow the first reference document (``SERVER_HOST``, ``LOG_FORMAT``,
+``ENABLE_GPU`` ...) plus framepool's own (``REDIS_URL``, ``MAX_BATCH_SIZE`` ...).
+Values come from the environment and ``.env``; nothing else in framepool reads
+the environment.
+"""
+
+from __future__ import annotations
+
+import uuid
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# The zoo ships beside the core package (``models/zoo``) in a checkout and in an
+# installed wheel alike; computing the path does not import ``models``.
+DEFAULT_MODELS_ROOT = Path(__file__).resolve().parent.parent / "models" / "zoo"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # --- server (reference names) ---
+    server_host: str = "127.0.0.1"
+    server_port: int = Field(8000, ge=1, le=65535)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    # --- runtime ---
+    runtime_id: str = Field(default_factory=lambda: f"framepool-{uuid.uuid4().hex[:8]}")
+    models_root: Path = DEFAULT_MODELS_ROOT
+    max_concurrent_inferences: int = Field(10, ge=1)
+
+    # --- GPU ---
+    enable_gpu: bool = True
+    gpu_memory_reserve_mb: float = Field(512.0, ge=0)
+    gpu_fallback_to_cpu: bool = True
+
+    # --- metrics / observability ---
+    metrics_enabled: bool = True
+    metrics_update_interval_seconds: float = Field(15.0, gt=0)
+    request_id_header: str = "X-Request-ID"
+    redact_log_fields: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["frame_base64", "password", "token", "api_key", "frame"]
+    )
+
+    # --- models ---
+    model_warmup_enabled: bool = True
+    model_load_timeout_ms: int = Field(60000, ge=1)
+
+    # --- framepool: Redis, queues, batching ---
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    data_dir: Path = Path(".framepool")
+    max_batch_size: int = Field(16, ge=1, le=1024)
+    batch_timeout_ms: float = Field(5.0, ge=0)
+    max_queue_depth: int = Field(10000, ge=1)
+    queue_full_policy: Literal["reject", "drop"] = "reject"
+    frame_max_age_ms: int = Field(10000, ge=1)
+    result_ttl_seconds: int = Field(3600, ge=1)
+    result_stream_maxlen: int = Field(10000, ge=1)
+    visibility_timeout_seconds: int = Field(3600, ge=10)
+    worker_concurrency: int | None = Field(None, ge=1)
+
+    # --- frames ---
+    max_frame_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    max_frame_pixels: int = Field(40_000_000, ge=1)
+    jpeg_quality: int = Field(90, ge=1, le=100)
+
+    # --- services ---
+    monitor_port: int = Field(8080, ge=1, le=65535)
+    flower_port: int = Field(5555, ge=1, le=65535)
+    api_token: str | None = None
+    flower_basic_auth: str | None = None
+    heartbeat_interval_seconds: float = Field(5.0, gt=0)
+
+    @field_validator("redact_log_fields", mode="before")
+    @classmethod
+    def _split_fields(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [f.strip() for f in v.split(",") if f.strip()]
+        return v
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _text_is_console(cls, v: object) -> object:
+        # The reference document calls the human format "text".
+        return "console" if isinstance(v, str) and v.lower() == "text" else v
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: object) -> object:
+        return v.upper() if isinstance(v, str) else v
+
+    @property
+    def batch_timeout_s(self) -> float:
+        return self.batch_timeout_ms / 1000.0
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide Settings, built once (entry points call this)."""
+    return Settings()

@@ -1,0 +1,15 @@
+"""Producer SDK: enqueue frames, get results. Never imports ``workers``."""
+
+from framepool.errors import BadFrame, QueueFull, ResultTimeout, UnknownModel
+from framepool.schemas import InferenceResult
+from producer.client import FrameHandle, FrameProducer
+
+__all__ = [
+    "BadFrame",
+    "FrameHandle",
+    "FrameProducer",
+    "InferenceResult",
+    "QueueFull",
+    "ResultTimeout",
+    "UnknownModel",
+]

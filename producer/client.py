@@ -1,0 +1,305 @@
+"""FrameProducer: the SDK cameras and services use to enqueue frames.
+
+Frames are judged before enqueue (format and dimensions from the header, size
+and pixel limits) and sent as the ``framepool.infer`` task onto the model's own
+queue, with the correlation id in the message header ``correlation_id``.
+``submit_many`` sends a whole list in one Redis pipeline.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import redis
+from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeout
+
+from framepool import codec, correlation, keys
+from framepool.celery_app import create_app
+from framepool.errors import BadInput, BrokerUnavailable, QueueFull, ResultTimeout, UnknownModel
+from framepool.manifest import discover
+from framepool.schemas import ErrorInfo, FrameMeta, InferenceResult, Status
+from framepool.settings import Settings, get_settings
+
+_SERVED_CACHE_SECONDS = 2.0
+
+
+@dataclass(slots=True)
+class _Prepared:
+    data: bytes
+    meta: FrameMeta
+    job_id: str
+    correlation_id: str
+    argsrepr: str
+
+
+class FrameHandle:
+    """A submitted frame: its ids now, its ``InferenceResult`` later."""
+
+    def __init__(
+        self,
+        app: Celery,
+        job_id: str,
+        correlation_id: str,
+        meta: Mapping[str, Any],
+        refused: QueueFull | None = None,
+    ) -> None:
+        self._app = app
+        self.job_id = job_id
+        self.correlation_id = correlation_id
+        self.model_id: str = meta["model_id"]
+        self.camera_id: str | None = meta.get("camera_id")
+        self.seq: int | None = meta.get("seq")
+        self._meta = meta
+        self.refused = refused
+
+    def __repr__(self) -> str:
+        return f"<FrameHandle {self.job_id} model={self.model_id} cam={self.camera_id}>"
+
+    def ready(self) -> bool:
+        return self.refused is not None or bool(self._app.AsyncResult(self.job_id).ready())
+
+    def get(self, timeout: float | None = 10.0) -> InferenceResult:
+        """Wait for the result; raises ``ResultTimeout`` when none comes in time."""
+        if self.refused is not None:
+            return self._local_result(Status.rejected, self.refused)
+        async_result = self._app.AsyncResult(self.job_id)
+        try:
+            value = async_result.get(timeout=timeout, propagate=False)
+        except CeleryTimeout as exc:
+            raise ResultTimeout(f"no result for job {self.job_id} within {timeout}s") from exc
+        if isinstance(value, dict):
+            return InferenceResult.model_validate(value)
+        # The task itself failed (worker bug, lost worker): say so as an error result.
+        return self._local_result(Status.error, value)
+
+    def _local_result(self, status: Status, exc: BaseException | Any) -> InferenceResult:
+        return InferenceResult(
+            job_id=self.job_id,
+            correlation_id=self.correlation_id,
+            model_id=self.model_id,
+            camera_id=self.camera_id,
+            seq=self.seq,
+            status=status,
+            error=ErrorInfo(type=type(exc).__name__, message=str(exc)),
+            captured_at=self._meta.get("captured_at"),
+            enqueued_at=self._meta.get("enqueued_at"),
+            completed_at=time.time(),
+        )
+
+
+class FrameProducer:
+    """Enqueue frames for inference. ``FrameProducer()`` reads Settings from env/.env."""
+
+    def __init__(self, settings: Settings | None = None, app: Celery | None = None) -> None:
+        self.settings = settings or get_settings()
+        self.app = app or create_app(self.settings)
+        self.redis = redis.Redis.from_url(
+            self.settings.redis_url, socket_timeout=5, socket_connect_timeout=5
+        )
+        self._catalog = set(discover(self.settings.models_root)[0])
+        self._served: set[str] = set()
+        self._served_at = 0.0
+
+    # ----------------------------------------------------------------- public
+    def submit(
+        self,
+        model_id: str,
+        frame: bytes | np.ndarray,
+        *,
+        camera_id: str | None = None,
+        seq: int | None = None,
+        captured_at: float | None = None,
+        correlation_id: str | None = None,
+        deadline_ms: float | None = None,
+        callback_url: str | None = None,
+    ) -> FrameHandle:
+        """Enqueue one frame (JPEG/PNG bytes or HxWx3 uint8 array)."""
+        item = self._prepare(
+            model_id, frame, camera_id, seq, captured_at, correlation_id, deadline_ms, callback_url
+        )
+        return self._send_all([item])[0]
+
+    def submit_many(self, items: Iterable[Mapping[str, Any]]) -> list[FrameHandle]:
+        """Enqueue many frames in one pipeline. Each item holds ``submit``'s arguments.
+
+        Every frame is checked before anything is sent. Frames over a queue's
+        capacity get a refused handle; under the ``reject`` policy ``QueueFull``
+        is raised afterwards, with all handles in ``exc.handles``.
+        """
+        prepared = []
+        for i, item in enumerate(items):
+            try:
+                prepared.append(self._prepare(**_submit_kwargs(item)))
+            except BadInput as exc:
+                raise type(exc)(f"item {i}: {exc}") from exc
+        return self._send_all(prepared)
+
+    def queue_depth(self, model_id: str) -> int:
+        """Frames waiting in ``model_id``'s queue (all priority sub-lists)."""
+        return self._depths([model_id])[model_id]
+
+    def close(self) -> None:
+        self.redis.close()
+        self.app.close()
+
+    def __enter__(self) -> FrameProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- private
+    def _check_model(self, model_id: str) -> None:
+        if model_id in self._catalog or model_id in self._served:
+            return
+        now = time.monotonic()
+        if now - self._served_at > _SERVED_CACHE_SECONDS:
+            try:
+                self._served = {m.decode() for m in self.redis.smembers(keys.SERVED_MODELS)}
+            except redis.RedisError as exc:
+                raise BrokerUnavailable(f"Redis unreachable: {exc}") from exc
+            self._served_at = now
+        if model_id not in self._served:
+            raise UnknownModel(model_id, list(self._catalog | self._served))
+
+    def _prepare(
+        self,
+        model_id: str,
+        frame: bytes | np.ndarray,
+        camera_id: str | None = None,
+        seq: int | None = None,
+        captured_at: float | None = None,
+        correlation_id: str | None = None,
+        deadline_ms: float | None = None,
+        callback_url: str | None = None,
+    ) -> _Prepared:
+        if not isinstance(model_id, str) or not model_id:
+            raise BadInput("model_id must be a non-empty string")
+        self._check_model(model_id)
+        s = self.settings
+        if isinstance(frame, np.ndarray):
+            codec.check_array(frame, max_pixels=s.max_frame_pixels)
+            frame = codec.encode_jpeg(frame, quality=s.jpeg_quality)
+        info = codec.probe(frame, max_bytes=s.max_frame_bytes, max_pixels=s.max_frame_pixels)
+        if seq is not None and (not isinstance(seq, int) or seq < 0):
+            raise BadInput(f"seq must be a non-negative integer, got {seq!r}")
+        if deadline_ms is not None and not deadline_ms > 0:
+            raise BadInput(f"deadline_ms must be positive, got {deadline_ms!r}")
+        if callback_url is not None and not str(callback_url).startswith(("http://", "https://")):
+            raise BadInput("callback_url must be an http:// or https:// URL")
+        cid = correlation.normalize(correlation_id)
+        now = time.time()
+        meta: FrameMeta = {
+            "model_id": model_id,
+            "camera_id": camera_id,
+            "seq": seq,
+            "captured_at": captured_at,
+            "enqueued_at": now,
+            "deadline_at": now + deadline_ms / 1000.0 if deadline_ms else None,
+            "callback_url": callback_url,
+            "format": info.format,
+            "width": info.width,
+            "height": info.height,
+        }
+        argsrepr = f"frame<{info.describe()}> cam={camera_id} seq={seq}"
+        data = frame if isinstance(frame, bytes) else bytes(frame)
+        return _Prepared(data, meta, correlation.new_id(), cid, argsrepr)
+
+    def _depths(self, model_ids: Iterable[str]) -> dict[str, int]:
+        ids = list(dict.fromkeys(model_ids))
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for m in ids:
+                    for name in keys.queue_lists(m):
+                        pipe.llen(name)
+                counts = pipe.execute()
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"Redis unreachable: {exc}") from exc
+        per = len(keys.queue_lists(ids[0])) if ids else 0
+        return {m: sum(counts[i * per : (i + 1) * per]) for i, m in enumerate(ids)}
+
+    def _send_all(self, items: list[_Prepared]) -> list[FrameHandle]:
+        if not items:
+            return []
+        limit = self.settings.max_queue_depth
+        room = {m: limit - d for m, d in self._depths(i.meta["model_id"] for i in items).items()}
+        handles: list[FrameHandle] = []
+        refused: Counter[str] = Counter()
+        accepted: list[_Prepared] = []
+        for item in items:
+            m = item.meta["model_id"]
+            if room[m] > 0:
+                room[m] -= 1
+                accepted.append(item)
+                handles.append(FrameHandle(self.app, item.job_id, item.correlation_id, item.meta))
+            else:
+                refused[m] += 1
+                exc = QueueFull(m, limit - room[m], limit)
+                handles.append(
+                    FrameHandle(self.app, item.job_id, item.correlation_id, item.meta, exc)
+                )
+        self._publish(accepted)
+        if refused:
+            self._count_refused(refused)
+            if self.settings.queue_full_policy == "reject":
+                first = next(h.refused for h in handles if h.refused is not None)
+                assert first is not None
+                first.handles = handles  # type: ignore[attr-defined]
+                raise first
+        return handles
+
+    def _publish(self, items: list[_Prepared]) -> None:
+        if not items:
+            return
+        try:
+            with self.app.producer_or_acquire() as producer, producer.batch():
+                for item in items:
+                    self.app.send_task(
+                        keys.INFER_TASK,
+                        args=(item.data, item.meta),
+                        task_id=item.job_id,
+                        queue=keys.queue_name(item.meta["model_id"]),
+                        headers={correlation.HEADER: item.correlation_id},
+                        correlation_id=item.correlation_id,
+                        argsrepr=item.argsrepr,
+                        kwargsrepr="{}",
+                        producer=producer,
+                    )
+        except (redis.RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"cannot enqueue: Redis unreachable: {exc}") from exc
+
+    def _count_refused(self, refused: Counter[str]) -> None:
+        try:
+            with self.redis.pipeline(transaction=False) as pipe:
+                for model_id, n in refused.items():
+                    pipe.hincrby(keys.dropped_counter(model_id), "queue_full", n)
+                pipe.execute()
+        except redis.RedisError:
+            pass  # counting must not hide the refusal itself
+
+
+_SUBMIT_ARGS = {
+    "model_id",
+    "frame",
+    "camera_id",
+    "seq",
+    "captured_at",
+    "correlation_id",
+    "deadline_ms",
+    "callback_url",
+}
+
+
+def _submit_kwargs(item: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = set(item) - _SUBMIT_ARGS
+    if unknown:
+        raise BadInput(f"unknown submit fields: {', '.join(sorted(unknown))}")
+    if "model_id" not in item or "frame" not in item:
+        raise BadInput("each item needs model_id and frame")
+    return dict(item)

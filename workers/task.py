@@ -1,0 +1,29 @@
+"""The ``framepool.infer`` Celery task: one frame, one task, one result, one ack."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, Task
+
+from framepool import keys
+from workers.runtime import WorkerRuntime
+
+
+def register_infer_task(app: Celery, runtime: WorkerRuntime) -> Task:
+    @app.task(
+        name=keys.INFER_TASK,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        ignore_result=False,
+    )
+    def infer(self: Task, frame: bytes, meta: dict[str, Any]) -> dict[str, Any]:
+        request = self.request
+        # The producer sets the correlation id as both the message header and the
+        # AMQP-style property Celery exposes; a foreign producer's frames fall back
+        # to the job id.
+        cid = request.correlation_id or request.id
+        return runtime.handle(request.id, cid, frame, meta)
+
+    return infer  # type: ignore[no-any-return]
