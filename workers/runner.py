@@ -88,7 +88,7 @@ class ModelRunner:
     def _loop(self) -> None:
         while True:
             batch: Batch[FrameJob] | None = collect_batch(
-                self._q,  # type: ignore[arg-type]
+                self._q,
                 max_batch_size=self.max_batch_size,
                 timeout_s=self.timeout_s,
                 incoming=self.incoming,

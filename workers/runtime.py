@@ -135,8 +135,8 @@ class WorkerRuntime:
         rec.timings["queue"] = max(0.0, (started - meta["enqueued_at"]) * 1000.0)
         runner = self.runners.get(meta["model_id"])
         if runner is None:
-            exc = BadInput(f"model {meta['model_id']!r} is not served by worker {self.name}")
-            return self._finish_early(rec, self.origin, Status.error, exc)
+            unserved = BadInput(f"model {meta['model_id']!r} is not served by worker {self.name}")
+            return self._finish_early(rec, self.origin, Status.error, unserved)
         deadline = meta.get("deadline_at")
         if deadline is not None and started > deadline:
             log.info("frame_expired", stage="received")

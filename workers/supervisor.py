@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import IO
 
 from framepool.log import get_logger
 
@@ -111,7 +112,7 @@ class Supervisor:
         self.gave_up: list[str] = []
 
     def _spawn(self, child: _Child) -> None:
-        out = subprocess.DEVNULL
+        out: int | IO[bytes] = subprocess.DEVNULL
         if self.log_dir:
             os.makedirs(self.log_dir, exist_ok=True)
             safe = child.spec.name.replace("@", "_")

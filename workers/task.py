@@ -26,4 +26,4 @@ def register_infer_task(app: Celery, runtime: WorkerRuntime) -> Task:
         cid = request.correlation_id or request.id
         return runtime.handle(request.id, cid, frame, meta)
 
-    return infer  # type: ignore[no-any-return]
+    return infer
