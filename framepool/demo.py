@@ -14,6 +14,7 @@ from collections import deque
 from typing import Any
 
 import redis
+from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
@@ -140,9 +141,10 @@ def run_demo(
         client = redis.Redis.from_url(stack.redis_url)
         last = {keys.result_stream(c.camera_id): "$" for c in cams}
         stats = _Stats()
+        console = Console()
         ends = time.monotonic() + duration if duration else float("inf")
         try:
-            with Live(stats.table(0, 0, 0), refresh_per_second=2) as live:
+            with Live(stats.table(0, 0, 0), refresh_per_second=2, console=console) as live:
                 while time.monotonic() < ends:
                     with contextlib.suppress(redis.RedisError):
                         for stream, entries in client.xread(last, block=500, count=1000) or []:
