@@ -1,0 +1,1 @@
+"""Plain-torch network definitions shared by the zoo's models."""
