@@ -1,0 +1,1 @@
+"""Reproducible benchmarks: ``framepool bench pipeline`` (results in docs/benchmarks.md)."""

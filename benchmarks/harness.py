@@ -1,0 +1,257 @@
+"""Pieces the benchmarks share: statistics, test frames, and a sandbox that starts
+Redis and worker subprocesses and always cleans them up.
+
+Every child runs in its own session (``start_new_session=True``) and is stopped by
+signalling its whole process group, so nothing outlives the benchmark: not on
+success, not on an exception, not on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------- statistics
+def percentile(values: Iterable[float], q: float) -> float:
+    """The ``q``-th percentile (0..100) with linear interpolation (numpy's default)."""
+    data = sorted(values)
+    if not data:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"q must be within 0..100, got {q}")
+    pos = (len(data) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(data) - 1)
+    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+
+
+def median(values: Iterable[float]) -> float:
+    return percentile(values, 50.0)
+
+
+def steady_rate(timestamps: Iterable[float], warmup_frac: float = 0.1) -> float:
+    """Completions per second after dropping the first ``warmup_frac`` of them.
+
+    ``timestamps`` are completion times (seconds); the rate is the number of
+    completions after the first kept one divided by the time they took.
+    """
+    ts = sorted(timestamps)
+    if not 0 <= warmup_frac < 1:
+        raise ValueError(f"warmup_frac must be within [0, 1), got {warmup_frac}")
+    first = math.ceil(len(ts) * warmup_frac)
+    window = ts[first:]
+    if len(window) < 2:
+        raise ValueError(f"need at least 2 completions after warm-up, got {len(window)}")
+    span = window[-1] - window[0]
+    if span <= 0:
+        raise ValueError("completions after warm-up all share one timestamp")
+    return (len(window) - 1) / span
+
+
+def ratio(value: float, baseline: float) -> float:
+    return value / baseline if baseline else float("nan")
+
+
+# ----------------------------------------------------------------------- frames
+def test_frames(
+    count: int = 16, width: int = 640, height: int = 480, quality: int = 90
+) -> list[bytes]:
+    """``count`` distinct JPEG frames of the synthetic camera (what a camera would send)."""
+    from framepool.codec import encode_jpeg
+    from producer.sources.synthetic import SyntheticCamera
+
+    cam = SyntheticCamera("bench", width=width, height=height, fps=10.0, seed=0)
+    return [encode_jpeg(cam.frame(seq).image, quality=quality) for seq in range(count)]
+
+
+# ---------------------------------------------------------------------- machine
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+        m = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+        if m:
+            cpu = m.group(1).strip()
+    except OSError:
+        pass
+    versions: dict[str, str] = {"python": platform.python_version()}
+    for mod in ("torch", "celery", "kombu", "redis", "simplejpeg", "numpy"):
+        try:
+            versions[mod] = str(__import__(mod).__version__)
+        except Exception:  # pragma: no cover - reported, never fatal
+            versions[mod] = "?"
+    try:
+        from framepool.redis_server import find_redis_server
+
+        out = subprocess.run(
+            [find_redis_server(), "--version"], capture_output=True, text=True, timeout=10
+        ).stdout
+        m = re.search(r"v=(\S+)", out)
+        versions["redis-server"] = m.group(1) if m else "?"
+    except Exception:
+        versions["redis-server"] = "?"
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "platform": platform.platform(),
+        "versions": versions,
+    }
+
+
+# -------------------------------------------------------------------- processes
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    log_path: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def kill_group(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
+    """SIGTERM the child's process group, then SIGKILL what is left after ``grace`` s."""
+    if proc.poll() is not None:
+        _reap_group(proc.pid)
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(grace)
+    _reap_group(proc.pid)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def _reap_group(pgid: int) -> None:
+    """SIGKILL any straggler left in the group (a child's own children)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+class BenchError(RuntimeError):
+    pass
+
+
+@dataclass
+class Sandbox:
+    """A temp directory, one Redis, and the children started in it; all removed on exit."""
+
+    keep_dir: bool = False
+    env: dict[str, str] = field(default_factory=dict)
+    dir: Path = field(init=False)
+    redis: Any = field(init=False, default=None)
+    children: list[Child] = field(init=False, default_factory=list)
+    _old_handlers: dict[int, Any] = field(init=False, default_factory=dict)
+
+    def __enter__(self) -> Sandbox:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            self._old_handlers[sig] = signal.signal(sig, _raise_interrupt)
+        self.dir = Path(tempfile.mkdtemp(prefix="framepool-bench-"))
+        try:
+            from framepool.redis_server import EmbeddedRedis
+
+            # As ``framepool up`` starts it: a password, AOF on (everysec), 127.0.0.1.
+            self.redis = EmbeddedRedis(self.dir / "redis", password=secrets.token_urlsafe(18))
+            self.redis.start()
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    @property
+    def redis_url(self) -> str:
+        return str(self.redis.url)
+
+    def spawn(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> Child:
+        log_path = self.dir / f"{name}.log"
+        full_env = {**os.environ, **self.env, **(env or {})}
+        with open(log_path, "ab") as out:
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                cwd=str(ROOT),
+                start_new_session=True,
+            )
+        child = Child(name, list(argv), log_path, proc)
+        self.children.append(child)
+        return child
+
+    def stop(self, child: Child) -> None:
+        kill_group(child.proc)
+        if child in self.children:
+            self.children.remove(child)
+
+    def wait_until(
+        self, cond: Callable[[], bool], timeout: float, what: str, watch: Sequence[Child] = ()
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if cond():
+                return
+            for c in watch:
+                if not c.alive():
+                    raise BenchError(f"{c.name} exited ({c.proc.returncode}):\n{c.log_tail()}")
+            time.sleep(0.1)
+        tails = "\n".join(f"--- {c.name}\n{c.log_tail()}" for c in watch)
+        raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}\n{tails}")
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            for child in reversed(self.children):
+                with contextlib.suppress(Exception):  # keep cleaning up the others
+                    kill_group(child.proc)
+            self.children.clear()
+            if self.redis is not None:
+                proc = self.redis.proc
+                with contextlib.suppress(Exception):
+                    self.redis.stop(timeout=5)
+                if proc is not None:
+                    kill_group(proc, grace=1.0)
+                self.redis = None
+        finally:
+            if not self.keep_dir and getattr(self, "dir", None) is not None:
+                shutil.rmtree(self.dir, ignore_errors=True)
+            for sig, handler in self._old_handlers.items():
+                signal.signal(sig, handler)
+            self._old_handlers.clear()
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

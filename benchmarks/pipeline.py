@@ -1,0 +1,902 @@
+"""``framepool bench pipeline``: framepool against its baselines, measured in one run.
+
+(a) ``resnet18`` end to end, frames/s: 640x480 JPEGs submitted with
+    ``FrameProducer.submit_many`` (closed loop, queue kept fed), results read
+    back with ``FrameHandle.get``; against the model's own tight loop in one
+    process (the worker's decode + preprocess, stack, forward, postprocess) at
+    the same batch size and torch threads.
+(b) ``noop`` (a model that does no work), frames/s of one worker process;
+    against a plain Celery task doing the same full-size decode (one frame per
+    task, ``apply_async`` per frame, result stored in and read from the Redis
+    backend), same Redis and Celery configuration, ``-P solo`` and ``-P threads``.
+(c) added latency (end to end minus inference) of ``resnet18`` at 10 frames/s
+    open loop, p50/p99, and the producer-side round trip.
+
+Throughput is taken from the workers' ``completed_at`` stamps over a steady
+window (the first 10% of completions dropped). Each measurement is repeated;
+the median of the repeats and its ratio to the baseline's median are reported.
+Results go to a JSON file and to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import re
+import resource
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from benchmarks.harness import (
+    ROOT,
+    BenchError,
+    Child,
+    Sandbox,
+    machine_info,
+    median,
+    percentile,
+    ratio,
+    steady_rate,
+    test_frames,
+)
+from framepool import keys
+from framepool.errors import ResultTimeout
+from framepool.settings import Settings
+
+DOCS = ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- bench-pipeline:latest:begin -->", "<!-- bench-pipeline:latest:end -->"
+HIST_BEGIN, HIST_END = (
+    "<!-- bench-pipeline:history:begin -->",
+    "<!-- bench-pipeline:history:end -->",
+)
+
+BATCH = 8  # MAX_BATCH_SIZE of the worker, and the tight loop's batch
+CONCURRENCY = 2 * BATCH  # the worker's default thread count (2 * MAX_BATCH_SIZE)
+CHUNK = 32  # closed loop: submit this many whenever fewer are outstanding
+WARMUP_FRAC = 0.1
+LATENCY_FPS = 10.0
+LATENCY_MODEL = "shape_detector"
+LATENCY_MAX_FRAMES = 300
+DISTINCT_FRAMES = 16
+RESULT_TIMEOUT = 120.0
+
+GOALS = {
+    "a": ("ratio", ">=", 0.9),
+    "b_solo": ("ratio", ">=", 1.5),
+    "c_p50": ("value", "<=", 5.0),
+    "c_p99": ("value", "<=", 15.0),
+}
+
+
+# ------------------------------------------------------------------ CPU time
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of process ``pid``."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return float("nan")
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _self_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _machine_busy() -> float:
+    """CPU seconds the whole machine has been busy (all CPUs, from /proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return float("nan")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds spent by the worker, Redis and this (producer) process over a run,
+    and by everything else on the machine (other processes: noise)."""
+
+    pids: dict[str, int]
+    start: dict[str, float] = field(default_factory=dict)
+    t0: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.start = self._now()
+        self.t0 = time.perf_counter()
+
+    def _now(self) -> dict[str, float]:
+        now = {name: _proc_cpu(pid) for name, pid in self.pids.items()}
+        now["producer"] = _self_cpu()
+        now["machine"] = _machine_busy()
+        return now
+
+    def per_frame_ms(self, frames: int) -> dict[str, float]:
+        end = self._now()
+        wall = time.perf_counter() - self.t0
+        spent = {k: end[k] - self.start[k] for k in end}
+        others = spent.pop("machine") - sum(spent.values())
+        out = {k: round(v * 1000.0 / frames, 3) for k, v in spent.items()}
+        # CPUs' worth of work done by other processes meanwhile (0.5 = half a core)
+        out["others_cpus"] = round(max(0.0, others) / wall, 2) if wall > 0 else 0.0
+        return out
+
+
+# ------------------------------------------------------------------ one run
+@dataclass
+class Run:
+    """One repeat of one measurement."""
+
+    frames: int
+    steady_fps: float
+    wall_fps: float
+    cpu_ms_per_frame: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "frames": self.frames,
+            "steady_fps": round(self.steady_fps, 2),
+            "wall_fps": round(self.wall_fps, 2),
+            "cpu_ms_per_frame": self.cpu_ms_per_frame,
+            **self.extra,
+        }
+
+
+def _closed_loop(
+    n: int,
+    submit: Callable[[int, int], list[Any]],
+    read: Callable[[Any], Any],
+) -> tuple[list[Any], float]:
+    """Keep between CHUNK and 2*CHUNK frames outstanding until ``n`` are read back.
+
+    ``submit(start, count)`` enqueues frames ``start..start+count-1`` and returns
+    their handles; ``read(handle)`` waits for one result. Returns the results in
+    submission order and the wall time from the first submit to the last read.
+    """
+    pending: deque[Any] = deque()
+    results: list[Any] = []
+    sent = 0
+    t0 = time.perf_counter()
+    first = min(2 * CHUNK, n)
+    pending.extend(submit(0, first))
+    sent = first
+    while pending:
+        results.append(read(pending.popleft()))
+        if len(pending) < CHUNK and sent < n:
+            count = min(CHUNK, n - sent)
+            pending.extend(submit(sent, count))
+            sent += count
+    return results, time.perf_counter() - t0
+
+
+class FramepoolClient:
+    """The producer side of framepool for one model."""
+
+    def __init__(self, settings: Settings, model_id: str, jpegs: Sequence[bytes]) -> None:
+        from producer import FrameProducer
+
+        self.producer = FrameProducer(settings)
+        self.model_id = model_id
+        self.jpegs = jpegs
+        self.camera = f"bench-{model_id}"
+
+    def close(self) -> None:
+        self.producer.close()
+
+    def _items(self, start: int, count: int) -> list[dict[str, Any]]:
+        k = len(self.jpegs)
+        return [
+            {
+                "model_id": self.model_id,
+                "frame": self.jpegs[i % k],
+                "camera_id": self.camera,
+                "seq": i,
+            }
+            for i in range(start, start + count)
+        ]
+
+    def submit(self, start: int, count: int) -> list[Any]:
+        return self.producer.submit_many(self._items(start, count))
+
+    @staticmethod
+    def read(handle: Any) -> Any:
+        result = handle.get(timeout=RESULT_TIMEOUT)
+        if not result.ok:
+            raise BenchError(f"frame {handle.seq} failed: {result.status} {result.error}")
+        return result
+
+    def closed_loop(self, n: int, meter: CpuMeter) -> Run:
+        results, wall = _closed_loop(n, self.submit, self.read)
+        cpu = meter.per_frame_ms(n)
+        sizes = [r.batch_size for r in results]
+        timings = {
+            k: round(median(getattr(r.timings_ms, k) for r in results), 3)
+            for k in ("queue", "batch_wait", "decode", "preprocess", "inference", "postprocess")
+        }
+        return Run(
+            frames=n,
+            steady_fps=steady_rate([r.completed_at for r in results], WARMUP_FRAC),
+            wall_fps=n / wall,
+            cpu_ms_per_frame=cpu,
+            extra={
+                "mean_batch_size": round(sum(sizes) / len(sizes), 2),
+                "median_timings_ms": timings,
+            },
+        )
+
+    def open_loop(self, n: int, fps: float) -> dict[str, Any]:
+        """One frame every 1/fps s on a fixed schedule, whatever the results do.
+
+        Between submissions the oldest outstanding result is read with
+        ``FrameHandle.get``, its timeout cut at the next frame's due time, so a
+        slow result never delays the schedule (no coordinated omission).
+        """
+        period = 1.0 / fps
+        added: list[float] = []
+        e2e: list[float] = []
+        inference: list[float] = []
+        batch_sizes: list[int] = []
+        parts: dict[str, list[float]] = {
+            k: [] for k in ("queue", "decode", "preprocess", "batch_wait", "postprocess")
+        }
+        pending: deque[tuple[Any, float]] = deque()
+        max_late = 0.0
+        start = time.perf_counter() + period
+        i = 0
+        while i < n or pending:
+            now = time.perf_counter()
+            due = start + i * period
+            if i < n and now >= due:
+                max_late = max(max_late, now - due)
+                handle = self.producer.submit(
+                    self.model_id, self.jpegs[i % len(self.jpegs)], camera_id=self.camera, seq=i
+                )
+                pending.append((handle, now))
+                i += 1
+                continue
+            if not pending:
+                time.sleep(due - now)
+                continue
+            handle, sent = pending[0]
+            timeout = due - now if i < n else RESULT_TIMEOUT
+            try:
+                result = handle.get(timeout=max(timeout, 0.0005))
+            except ResultTimeout:
+                if i < n:
+                    continue  # time to submit the next frame
+                raise
+            e2e.append((time.perf_counter() - sent) * 1000.0)
+            pending.popleft()
+            if not result.ok:
+                raise BenchError(f"frame {handle.seq} failed: {result.status} {result.error}")
+            assert result.completed_at is not None and result.enqueued_at is not None
+            t = result.timings_ms
+            added.append((result.completed_at - result.enqueued_at) * 1000.0 - t.inference)
+            inference.append(t.inference)
+            batch_sizes.append(result.batch_size)
+            for k, values in parts.items():
+                values.append(getattr(t, k))
+        return {
+            "frames": n,
+            "fps": fps,
+            "max_submit_lateness_ms": round(max_late * 1000.0, 3),
+            "added_p50_ms": round(percentile(added, 50), 3),
+            "added_p99_ms": round(percentile(added, 99), 3),
+            "e2e_p50_ms": round(percentile(e2e, 50), 3),
+            "e2e_p99_ms": round(percentile(e2e, 99), 3),
+            "inference_p50_ms": round(percentile(inference, 50), 3),
+            "mean_batch_size": round(sum(batch_sizes) / len(batch_sizes), 2),
+            "median_parts_ms": {k: round(median(v), 3) for k, v in parts.items()},
+        }
+
+
+class PlainClient:
+    """The hand-rolled baseline's producer: ``apply_async`` per frame, ``get`` per result."""
+
+    def __init__(self, redis_url: str, jpegs: Sequence[bytes], queue: str) -> None:
+        from benchmarks.plain_celery import TASK, make_app
+
+        self.app = make_app(redis_url)
+        self.task = self.app.tasks[TASK]
+        self.jpegs = jpegs
+        self.queue = queue
+
+    def close(self) -> None:
+        self.app.close()
+
+    def submit(self, start: int, count: int) -> list[Any]:
+        k = len(self.jpegs)
+        return [
+            self.task.apply_async((self.jpegs[i % k], time.time()), queue=self.queue)
+            for i in range(start, start + count)
+        ]
+
+    @staticmethod
+    def read(handle: Any) -> dict[str, Any]:
+        value = handle.get(timeout=RESULT_TIMEOUT)
+        if not isinstance(value, dict):
+            raise BenchError(f"plain task failed: {value!r}")
+        return value
+
+    def closed_loop(self, n: int, meter: CpuMeter) -> Run:
+        results, wall = _closed_loop(n, self.submit, self.read)
+        return Run(
+            frames=n,
+            steady_fps=steady_rate([r["completed_at"] for r in results], WARMUP_FRAC),
+            wall_fps=n / wall,
+            cpu_ms_per_frame=meter.per_frame_ms(n),
+        )
+
+
+# ------------------------------------------------------------------ workers
+def _worker_env(sb: Sandbox, threads: int) -> dict[str, str]:
+    return {
+        "REDIS_URL": sb.redis_url,
+        "MAX_BATCH_SIZE": str(BATCH),
+        "LOG_LEVEL": "INFO",
+        "LOG_FORMAT": "json",
+        "OMP_NUM_THREADS": str(threads),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def start_framepool_worker(sb: Sandbox, model_id: str, threads: int) -> Child:
+    name = f"fp-{model_id}"
+    argv = [sys.executable, "-m", "framepool.cli", "worker", "--device", "cpu"]
+    argv += ["--models", model_id, "--name", f"{name}@bench"]
+    child = sb.spawn(name, argv, _worker_env(sb, threads))
+    client = redis.Redis.from_url(sb.redis_url)
+    try:
+        sb.wait_until(
+            lambda: model_id.encode() in client.smembers(keys.SERVED_MODELS),
+            120,
+            f"worker {name} to serve {model_id}",
+            [child],
+        )
+    finally:
+        client.close()
+    return child
+
+
+def start_plain_worker(sb: Sandbox, pool: str, queue: str, threads: int) -> Child:
+    name = f"plain-{pool}"
+    argv = [sys.executable, "-m", "celery", "-A", "benchmarks.plain_celery", "worker"]
+    argv += ["-P", pool, "-Q", queue, "-n", f"{name}@bench", "-l", "WARNING"]
+    # as framepool's worker: no mingle, no gossip, fair scheduling; events from the config
+    argv += ["--without-mingle", "--without-gossip", "-O", "fair"]
+    if pool != "solo":
+        argv += ["-c", str(CONCURRENCY)]
+    return sb.spawn(name, argv, _worker_env(sb, threads))
+
+
+def _warm(closed: Any, frames: int) -> None:
+    _closed_loop(frames, closed.submit, closed.read)
+
+
+# ------------------------------------------------------------------ tight loop
+def tight_loop(settings: Settings, jpegs: Sequence[bytes], n: int, threads: int) -> Run:
+    """resnet18's decode + preprocess + forward + postprocess in one process, batch BATCH.
+
+    Threads as in the worker: the model is loaded and warmed up in the main
+    thread (``WorkerRuntime.load``), and the loop runs in a thread of its own
+    (the worker's model runner). This matters with torch's OpenMP build: the
+    thread that first ran a parallel region owns the spinning thread team, and
+    on this 2-core machine with anything else running, a forward pass from that
+    thread is up to 3x slower than the same pass from any other thread.
+    """
+    import torch
+
+    torch.set_num_threads(threads)  # the worker gets OMP_NUM_THREADS=threads
+    _loop_model(settings)  # load + warm up here, in the main thread
+    box: list[Run | BaseException] = []
+
+    def target() -> None:
+        try:
+            box.append(_tight_loop(settings, jpegs, n, threads))
+        except BaseException as exc:  # re-raised in the caller
+            box.append(exc)
+
+    thread = threading.Thread(target=target, name="tight-loop", daemon=True)
+    thread.start()
+    while thread.is_alive():  # join with a timeout so Ctrl-C is seen
+        thread.join(0.2)
+    if not box:
+        raise BenchError("tight loop thread ended without a result")
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]
+
+
+def _tight_loop(settings: Settings, jpegs: Sequence[bytes], n: int, threads: int) -> Run:
+    import numpy as np
+    import torch
+
+    from framepool.codec import decode
+
+    model = _loop_model(settings)
+    min_size = model.manifest.input_size
+    k = len(jpegs)
+
+    def one_batch(start: int, count: int) -> None:
+        inputs, sizes = [], []
+        for i in range(start, start + count):
+            image = decode(
+                jpegs[i % k],
+                max_bytes=settings.max_frame_bytes,
+                max_pixels=settings.max_frame_pixels,
+                min_size=min_size,
+            )
+            inputs.append(model.preprocess(image))
+            sizes.append((640, 480))
+        x = torch.from_numpy(np.stack(inputs)).to(model.device)
+        with torch.inference_mode():
+            raw = model.infer(x)
+            outputs = model.postprocess(raw, sizes)
+        assert len(outputs) == count
+
+    one_batch(0, BATCH)  # warm-up
+    meter = CpuMeter({})
+    t0 = time.perf_counter()
+    for start in range(0, n, BATCH):
+        one_batch(start, min(BATCH, n - start))
+    wall = time.perf_counter() - t0
+    cpu = meter.per_frame_ms(n)
+    cpu["loop"] = cpu.pop("producer")
+    return Run(frames=n, steady_fps=n / wall, wall_fps=n / wall, cpu_ms_per_frame=cpu)
+
+
+_MODEL_CACHE: dict[str, Any] = {}
+
+
+def _loop_model(settings: Settings) -> Any:
+    from models.registry import load_model
+
+    if "resnet18" not in _MODEL_CACHE:
+        model = load_model(settings.models_root, "resnet18", "cpu")
+        model.warmup(batch_size=1)  # as the worker does, in the loading thread
+        _MODEL_CACHE["resnet18"] = model
+    return _MODEL_CACHE["resnet18"]
+
+
+# ------------------------------------------------------------------ scenarios
+def _log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def scenario_resnet18(
+    sb: Sandbox, jpegs: Sequence[bytes], frames: int, repeats: int, threads: int
+) -> dict[str, Any]:
+    settings = Settings(redis_url=sb.redis_url, max_batch_size=BATCH)
+    _log("(a) resnet18: starting worker")
+    worker = start_framepool_worker(sb, "resnet18", threads)
+    client = FramepoolClient(settings, "resnet18", jpegs)
+    pids = {"worker": worker.pid, "redis": sb.redis.proc.pid}
+    loops: list[Run] = []
+    e2es: list[Run] = []
+    # the loop is steady from its first batch: half the frames are enough
+    loop_frames = max(8 * BATCH, frames // 2)
+    try:
+        _warm(client, 2 * CHUNK)
+        for r in range(repeats):
+            loops.append(tight_loop(settings, jpegs, loop_frames, threads))
+            _log(f"(a) repeat {r + 1}: tight loop {loops[-1].steady_fps:.1f} frames/s")
+            e2es.append(client.closed_loop(frames, CpuMeter(pids)))
+            _log(
+                f"(a) repeat {r + 1}: end to end {e2es[-1].steady_fps:.1f} frames/s "
+                f"(mean batch {e2es[-1].extra['mean_batch_size']})"
+            )
+    finally:
+        client.close()
+        sb.stop(worker)
+    return {"loop": loops, "e2e": e2es}
+
+
+def latency_model(settings: Settings) -> str:
+    """shape_detector (the camera model) when the zoo has it in working order, else resnet18."""
+    from framepool.manifest import discover
+
+    found, _ = discover(settings.models_root)
+    return LATENCY_MODEL if LATENCY_MODEL in found else "resnet18"
+
+
+def scenario_latency(
+    sb: Sandbox, jpegs: Sequence[bytes], frames: int, repeats: int, threads: int
+) -> dict[str, Any]:
+    settings = Settings(redis_url=sb.redis_url, max_batch_size=BATCH)
+    model_id = latency_model(settings)
+    _log(f"(c) {model_id}: starting worker")
+    worker = start_framepool_worker(sb, model_id, threads)
+    client = FramepoolClient(settings, model_id, jpegs)
+    lats: list[dict[str, Any]] = []
+    try:
+        _warm(client, 2 * CHUNK)
+        for r in range(repeats):
+            meter = CpuMeter({"worker": worker.pid, "redis": sb.redis.proc.pid})
+            x = client.open_loop(frames, LATENCY_FPS)
+            x["cpu_ms_per_frame"] = meter.per_frame_ms(frames)
+            lats.append(x)
+            _log(
+                f"(c) repeat {r + 1}: added p50 {x['added_p50_ms']:.2f} ms p99 "
+                f"{x['added_p99_ms']:.2f} ms; round trip p50 {x['e2e_p50_ms']:.2f} ms "
+                f"p99 {x['e2e_p99_ms']:.2f} ms"
+            )
+    finally:
+        client.close()
+        sb.stop(worker)
+    return {"model": model_id, "latency": lats}
+
+
+def scenario_noop(
+    sb: Sandbox, jpegs: Sequence[bytes], frames: int, repeats: int, threads: int
+) -> dict[str, Any]:
+    settings = Settings(redis_url=sb.redis_url, max_batch_size=BATCH)
+    _log("noop: starting workers (framepool, plain -P solo, plain -P threads)")
+    fp_worker = start_framepool_worker(sb, "noop", threads)
+    solo = start_plain_worker(sb, "solo", "bench.plain.solo", threads)
+    thr = start_plain_worker(sb, "threads", "bench.plain.threads", threads)
+    fp = FramepoolClient(settings, "noop", jpegs)
+    plain_solo = PlainClient(sb.redis_url, jpegs, "bench.plain.solo")
+    plain_thr = PlainClient(sb.redis_url, jpegs, "bench.plain.threads")
+    out: dict[str, list[Run]] = {"framepool": [], "plain_solo": [], "plain_threads": []}
+    try:
+        for c in (plain_solo, plain_thr, fp):
+            _warm(c, 2 * CHUNK)
+        for r in range(repeats):
+            for key, c, w in (
+                ("framepool", fp, fp_worker),
+                ("plain_solo", plain_solo, solo),
+                ("plain_threads", plain_thr, thr),
+            ):
+                run = c.closed_loop(frames, CpuMeter({"worker": w.pid, "redis": sb.redis.proc.pid}))
+                out[key].append(run)
+                _log(f"(b) repeat {r + 1}: {key} {run.steady_fps:.1f} frames/s")
+    finally:
+        for c in (fp, plain_solo, plain_thr):
+            with contextlib.suppress(Exception):
+                c.close()
+        for w in (thr, solo, fp_worker):
+            sb.stop(w)
+    return out
+
+
+# ------------------------------------------------------------------ report
+def _fig(
+    name: str,
+    unit: str,
+    values: list[float],
+    base_values: list[float] | None,
+    goal: tuple[str, str, float] | None,
+    **extra: Any,
+) -> dict[str, Any]:
+    med = median(values)
+    fig: dict[str, Any] = {"name": name, "unit": unit, "runs": [round(v, 3) for v in values]}
+    fig["median"] = round(med, 3)
+    if base_values is not None:
+        bmed = median(base_values)
+        fig["baseline_runs"] = [round(v, 3) for v in base_values]
+        fig["baseline_median"] = round(bmed, 3)
+        fig["ratio"] = round(ratio(med, bmed), 3)
+        fig["ratio_runs"] = [
+            round(ratio(v, b), 3) for v, b in zip(values, base_values, strict=True)
+        ]
+    if goal is not None:
+        kind, op, target = goal
+        subject = fig["ratio"] if kind == "ratio" else med
+        fig["goal"] = f"{'ratio' if kind == 'ratio' else unit} {op} {target:g}"
+        fig["met"] = bool(subject >= target if op == ">=" else subject <= target)
+    fig.update(extra)
+    return fig
+
+
+def build_figures(res: dict[str, Any], noop: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    e2e, loop, lat, lm = res["e2e"], res["loop"], res["latency"], res["model"]
+    figs = {
+        "a": _fig(
+            "(a) resnet18 end to end vs in-process loop",
+            "frames/s",
+            [r.steady_fps for r in e2e],
+            [r.steady_fps for r in loop],
+            GOALS["a"],
+            baseline="decode+preprocess+forward+postprocess loop, one process",
+        ),
+        "b_solo": _fig(
+            "(b) noop per worker process vs plain Celery -P solo",
+            "frames/s",
+            [r.steady_fps for r in noop["framepool"]],
+            [r.steady_fps for r in noop["plain_solo"]],
+            GOALS["b_solo"],
+            baseline="plain Celery task, full-size decode, -P solo",
+        ),
+        "b_threads": _fig(
+            f"(b') noop per worker process vs plain Celery -P threads -c {CONCURRENCY}",
+            "frames/s",
+            [r.steady_fps for r in noop["framepool"]],
+            [r.steady_fps for r in noop["plain_threads"]],
+            None,
+            baseline=f"plain Celery task, full-size decode, -P threads -c {CONCURRENCY}",
+        ),
+        "c_p50": _fig(
+            f"(c) {lm} added latency p50 (completed-enqueued minus inference), 10 fps",
+            "ms",
+            [x["added_p50_ms"] for x in lat],
+            None,
+            GOALS["c_p50"],
+        ),
+        "c_p99": _fig(
+            f"(c) {lm} added latency p99, 10 fps",
+            "ms",
+            [x["added_p99_ms"] for x in lat],
+            None,
+            GOALS["c_p99"],
+        ),
+        "c_e2e_p50": _fig(
+            f"(c) {lm} producer round trip p50 (submit to result read), 10 fps",
+            "ms",
+            [x["e2e_p50_ms"] for x in lat],
+            None,
+            None,
+        ),
+        "c_e2e_p99": _fig(
+            f"(c) {lm} producer round trip p99, 10 fps",
+            "ms",
+            [x["e2e_p99_ms"] for x in lat],
+            None,
+            None,
+        ),
+        "c_inference_p50": _fig(
+            f"(c) {lm} inference p50, 10 fps",
+            "ms",
+            [x["inference_p50_ms"] for x in lat],
+            None,
+            None,
+        ),
+    }
+    return figs
+
+
+def _fmt(v: float, unit: str) -> str:
+    return f"{v:.1f}" if unit == "frames/s" else f"{v:.2f}"
+
+
+def summary_rows(figs: dict[str, dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for f in figs.values():
+        unit = f["unit"]
+        base = _fmt(f["baseline_median"], unit) if "baseline_median" in f else "-"
+        rat = f"{f['ratio']:.2f}x" if "ratio" in f else "-"
+        goal = f.get("goal", "-")
+        met = "-" if "met" not in f else ("yes" if f["met"] else "**no**")
+        runs = ", ".join(_fmt(v, unit) for v in f["runs"])
+        rows.append([f["name"], f"{_fmt(f['median'], unit)} {unit}", base, rat, goal, met, runs])
+    return rows
+
+
+HEADER = ["figure", "framepool (median)", "baseline (median)", "ratio", "goal", "met", "repeats"]
+
+
+def print_table(figs: dict[str, dict[str, Any]]) -> None:
+    rows = [HEADER, *summary_rows(figs)]
+    widths = [max(len(r[i].replace("**", "")) for r in rows) for i in range(len(HEADER))]
+    for j, row in enumerate(rows):
+        print("  ".join(c.replace("**", "").ljust(w) for c, w in zip(row, widths, strict=True)))
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def _md_table(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def latest_block(report: dict[str, Any]) -> str:
+    m = report["machine"]
+    v = m["versions"]
+    cfg = report["config"]
+    figs = report["figures"]
+    res = report["details"]
+    cpu_lines = []
+    for key, label in (
+        ("a_e2e", "(a) resnet18 end to end"),
+        ("b_framepool", "(b) framepool noop"),
+        ("b_plain_solo", "(b) plain Celery -P solo"),
+        ("b_plain_threads", "(b) plain Celery -P threads"),
+        ("c_latency", f"(c) {report['config']['latency_model']} at 10 fps"),
+    ):
+        runs = res[key]
+        per = {
+            k: median(r["cpu_ms_per_frame"][k] for r in runs) for k in runs[0]["cpu_ms_per_frame"]
+        }
+        cells = [f"{per.get(k, float('nan')):.2f}" for k in ("worker", "redis", "producer")]
+        cpu_lines.append(f"| {label} | " + " | ".join(cells) + f" | {per['others_cpus']:.2f} |")
+    loop = res["a_loop"]
+    loop_cpu = median(r["cpu_ms_per_frame"]["loop"] for r in loop)
+    loop_others = median(r["cpu_ms_per_frame"]["others_cpus"] for r in loop)
+    lat = res["c_latency"]
+    parts = {k: median(x["median_parts_ms"][k] for x in lat) for k in lat[0]["median_parts_ms"]}
+    e2e_t = {
+        k: median(r["median_timings_ms"][k] for r in res["a_e2e"])
+        for k in res["a_e2e"][0]["median_timings_ms"]
+    }
+    batch = median(r["mean_batch_size"] for r in res["a_e2e"])
+    return "\n".join(
+        [
+            f"Run {report['date']} — `{report['command']}` — {report['runtime_s']:.0f} s in all.",
+            "",
+            f"- machine: {m['nproc']} CPUs, {m['cpu']} ({m['platform']})",
+            f"- versions: Python {v['python']}, torch {v['torch']}, Celery {v['celery']}, "
+            f"kombu {v['kombu']}, redis-py {v['redis']}, redis-server {v['redis-server']}, "
+            f"simplejpeg {v['simplejpeg']}",
+            f"- settings: MAX_BATCH_SIZE={cfg['max_batch_size']}, BATCH_TIMEOUT_MS (default) "
+            f"{cfg['batch_timeout_ms']:g}, worker threads {cfg['concurrency']}, torch threads "
+            f"{cfg['torch_threads']}, {cfg['frames']} frames per throughput run, "
+            f"{cfg['latency_frames']} frames of {cfg['latency_model']} at "
+            f"{cfg['latency_fps']:g} fps (open loop) for (c), "
+            f"{cfg['repeats']} repeats, 640x480 JPEG q{cfg['jpeg_quality']} "
+            f"(~{cfg['jpeg_kb']} KB), closed loop keeps {CHUNK}-{2 * CHUNK} frames outstanding",
+            "",
+            _md_table(summary_rows(figs)),
+            "",
+            "CPU per frame (ms, median of repeats, whole run incl. ramp-up; "
+            "worker = the one worker process, producer = the benchmark process "
+            "submitting and reading results; last column: CPUs' worth of work done "
+            "meanwhile by processes outside the benchmark, i.e. noise):",
+            "",
+            "| run | worker | redis-server | producer | other processes (CPUs busy) |",
+            "|---|---|---|---|---|",
+            *cpu_lines,
+            f"| (a) in-process loop (baseline) | {loop_cpu:.2f} (one process) | - | - "
+            f"| {loop_others:.2f} |",
+            "",
+            f"(a) end to end: mean batch size {batch:.1f}; median per-frame timings (ms): "
+            + ", ".join(f"{k} {val:.2f}" for k, val in e2e_t.items()),
+            "",
+            "(c) median per-frame parts of the added latency (ms): "
+            + ", ".join(f"{k} {val:.2f}" for k, val in parts.items())
+            + f"; mean batch size {median(x['mean_batch_size'] for x in lat):.2f}; "
+            f"latest submission {max(x['max_submit_lateness_ms'] for x in lat):.1f} ms "
+            "behind schedule",
+        ]
+    )
+
+
+def history_row(report: dict[str, Any]) -> str:
+    f = report["figures"]
+    m = report["machine"]
+    v = m["versions"]
+
+    def cell(key: str) -> str:
+        x = f[key]
+        unit = x["unit"]
+        if "ratio" in x:
+            return f"{_fmt(x['median'], unit)} / {_fmt(x['baseline_median'], unit)} = {x['ratio']:.2f}x"
+        return f"{_fmt(x['median'], unit)} ms"
+
+    return (
+        f"| {report['date']} | `{report['command']}` | {m['nproc']}x {m['cpu']} | "
+        f"py {v['python']}, torch {v['torch']}, celery {v['celery']}, kombu {v['kombu']} | "
+        f"{cell('a')} | {cell('b_solo')} | {cell('b_threads')} | "
+        f"{cell('c_p50')} / {cell('c_p99')} | {report['runtime_s']:.0f} s |"
+    )
+
+
+HISTORY_HEADER = (
+    "| date | command | machine | versions | (a) resnet18 e2e / loop, frames/s | "
+    "(b) noop / plain solo, frames/s | (b') noop / plain threads, frames/s | "
+    "(c) added p50 / p99 | run time |\n|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def update_docs(report: dict[str, Any], path: Path = DOCS) -> None:
+    """Replace the latest-run block and append a row to the history table."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if BEGIN not in text or END not in text:
+        text += f"\n## Latest run\n\n{BEGIN}\n{END}\n"
+    if HIST_BEGIN not in text or HIST_END not in text:
+        text += f"\n## History\n\n{HIST_BEGIN}\n{HISTORY_HEADER}\n{HIST_END}\n"
+    text = re.sub(
+        re.escape(BEGIN) + r".*?" + re.escape(END),
+        lambda _: f"{BEGIN}\n{latest_block(report)}\n{END}",
+        text,
+        flags=re.DOTALL,
+    )
+    head, rest = text.split(HIST_BEGIN, 1)
+    table, tail = rest.split(HIST_END, 1)
+    lines = [ln for ln in table.strip("\n").splitlines() if ln.strip()]
+    if not lines or not lines[0].startswith("| date"):
+        lines = HISTORY_HEADER.splitlines() + lines
+    lines.append(history_row(report))
+    text = f"{head}{HIST_BEGIN}\n" + "\n".join(lines) + f"\n{HIST_END}{tail}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+# ------------------------------------------------------------------ entry point
+@contextlib.contextmanager
+def _quiet_logs() -> Iterator[None]:
+    import logging
+
+    from framepool.log import configure_logging
+
+    configure_logging(Settings(log_level="WARNING", log_format="console"))
+    logging.getLogger("celery").setLevel(logging.WARNING)
+    yield
+
+
+def main(frames: int, repeats: int, out: Path, started: float) -> int:
+    command = f"framepool bench pipeline --frames {frames} --repeats {repeats}"
+    latency_frames = max(10, min(LATENCY_MAX_FRAMES, frames // 2))
+    import torch
+
+    threads = torch.get_num_threads()
+    defaults = Settings()
+    jpegs = test_frames(DISTINCT_FRAMES, quality=defaults.jpeg_quality)
+    info = machine_info()
+    _log(f"{command}: {info['nproc']} CPUs, {info['cpu']}; torch threads {threads}")
+    try:
+        with _quiet_logs(), Sandbox() as sb:
+            res = scenario_resnet18(sb, jpegs, frames, repeats, threads)
+            res.update(scenario_latency(sb, jpegs, latency_frames, repeats, threads))
+            noop = scenario_noop(sb, jpegs, frames, repeats, threads)
+    except KeyboardInterrupt:
+        print("interrupted: workers and Redis stopped", file=sys.stderr)
+        return 130
+    except Exception as exc:  # workers and Redis are already stopped here
+        print(f"benchmark failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    runtime = time.time() - started
+    report: dict[str, Any] = {
+        "command": command,
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": info,
+        "config": {
+            "frames": frames,
+            "repeats": repeats,
+            "latency_frames": latency_frames,
+            "latency_fps": LATENCY_FPS,
+            "latency_model": res["model"],
+            "max_batch_size": BATCH,
+            "batch_timeout_ms": defaults.batch_timeout_ms,
+            "concurrency": CONCURRENCY,
+            "torch_threads": threads,
+            "closed_loop_chunk": CHUNK,
+            "warmup_frac": WARMUP_FRAC,
+            "jpeg_quality": defaults.jpeg_quality,
+            "jpeg_kb": round(sum(map(len, jpegs)) / len(jpegs) / 1024),
+        },
+        "figures": build_figures(res, noop),
+        "details": {
+            "a_loop": [r.as_dict() for r in res["loop"]],
+            "a_e2e": [r.as_dict() for r in res["e2e"]],
+            "c_latency": res["latency"],
+            "b_framepool": [r.as_dict() for r in noop["framepool"]],
+            "b_plain_solo": [r.as_dict() for r in noop["plain_solo"]],
+            "b_plain_threads": [r.as_dict() for r in noop["plain_threads"]],
+        },
+        "runtime_s": round(runtime, 1),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print()
+    print_table(report["figures"])
+    print(f"\nrun time {runtime:.0f} s; JSON in {out}")
+    try:
+        update_docs(report)
+        print(f"updated {DOCS.relative_to(ROOT)}")
+    except OSError as exc:
+        print(f"could not update {DOCS}: {exc}", file=sys.stderr)
+    return 0

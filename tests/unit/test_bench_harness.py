@@ -1,0 +1,112 @@
+"""The benchmark's pure helpers: statistics, the closed loop, the docs update."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks import pipeline
+from benchmarks.harness import median, percentile, ratio, steady_rate
+
+
+def test_percentile_interpolates_like_numpy() -> None:
+    values = [5.0, 1.0, 4.0, 2.0, 3.0]
+    assert percentile(values, 0) == 1.0
+    assert percentile(values, 100) == 5.0
+    assert percentile(values, 50) == 3.0
+    assert percentile(values, 25) == 2.0
+    assert percentile([1.0, 2.0], 99) == pytest.approx(1.99)
+    assert percentile([7.0], 99) == 7.0
+    assert median([3.0, 1.0, 2.0, 10.0]) == 2.5
+
+
+def test_percentile_rejects_bad_input() -> None:
+    with pytest.raises(ValueError):
+        percentile([], 50)
+    with pytest.raises(ValueError):
+        percentile([1.0], 101)
+
+
+def test_steady_rate_drops_the_warm_up() -> None:
+    # a slow start (one per second) then 100 per second
+    ts = [0.0, 1.0, 2.0] + [2.0 + 0.01 * i for i in range(1, 28)]
+    assert steady_rate(ts, warmup_frac=0.1) == pytest.approx(100.0)
+    assert steady_rate(ts, warmup_frac=0.0) < 100.0
+    assert steady_rate(reversed(ts), warmup_frac=0.1) == pytest.approx(100.0)
+
+
+def test_steady_rate_needs_a_span() -> None:
+    with pytest.raises(ValueError):
+        steady_rate([1.0], 0.0)
+    with pytest.raises(ValueError):
+        steady_rate([1.0, 1.0, 1.0], 0.0)
+    with pytest.raises(ValueError):
+        steady_rate([1.0, 2.0], 1.0)
+
+
+def test_ratio() -> None:
+    assert ratio(3.0, 2.0) == 1.5
+    assert ratio(1.0, 0.0) != ratio(1.0, 0.0)  # nan
+
+
+def test_closed_loop_keeps_frames_outstanding_and_reads_all() -> None:
+    outstanding: list[int] = []
+    max_out = 0
+    submitted: list[int] = []
+
+    def submit(start: int, count: int) -> list[int]:
+        nonlocal max_out
+        ids = list(range(start, start + count))
+        submitted.extend(ids)
+        outstanding.extend(ids)
+        max_out = max(max_out, len(outstanding))
+        return ids
+
+    def read(h: int) -> int:
+        outstanding.remove(h)
+        return h * 10
+
+    n = 200
+    results, wall = pipeline._closed_loop(n, submit, read)
+    assert results == [i * 10 for i in range(n)]
+    assert submitted == list(range(n))
+    assert max_out <= 2 * pipeline.CHUNK
+    assert wall >= 0
+
+
+def _report() -> dict[str, Any]:
+    fig = {"name": "x", "unit": "frames/s", "runs": [1.0], "median": 1.0}
+    figs = {
+        "a": {**fig, "baseline_median": 2.0, "ratio": 0.5, "goal": "ratio >= 0.9", "met": False},
+        "b_solo": {**fig, "baseline_median": 1.0, "ratio": 1.0},
+        "b_threads": {**fig, "baseline_median": 1.0, "ratio": 1.0},
+        "c_p50": {**fig, "unit": "ms", "median": 4.0},
+        "c_p99": {**fig, "unit": "ms", "median": 9.0},
+    }
+    return {
+        "command": "framepool bench pipeline --frames 10 --repeats 1",
+        "date": "2030-01-01 00:00 UTC",
+        "machine": {
+            "nproc": 2,
+            "cpu": "Test CPU",
+            "versions": {"python": "3", "torch": "2", "celery": "5", "kombu": "5"},
+        },
+        "figures": figs,
+        "runtime_s": 12.0,
+    }
+
+
+def test_update_docs_appends_history_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pipeline, "latest_block", lambda report: f"latest {report['date']}")
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\nprose stays\n", encoding="utf-8")
+    pipeline.update_docs(_report(), doc)
+    pipeline.update_docs(_report(), doc)
+    text = doc.read_text(encoding="utf-8")
+    assert text.startswith("# Benchmarks\n\nprose stays\n")
+    assert text.count("latest 2030-01-01 00:00 UTC") == 1  # replaced, not appended
+    assert text.count("| 2030-01-01 00:00 UTC |") == 2  # one history row per run
+    assert text.count("| date |") == 1
+    assert "1.0 / 2.0 = 0.50x" in text
