@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -258,7 +259,7 @@ class FrameProducer:
         if not items:
             return
         try:
-            with self.app.producer_or_acquire() as producer, producer.batch():
+            with self.app.producer_or_acquire() as producer, _maybe_batch(producer, len(items)):
                 for item in items:
                     self.app.send_task(
                         keys.INFER_TASK,
@@ -282,6 +283,11 @@ class FrameProducer:
                 pipe.execute()
         except redis.RedisError:
             pass  # counting must not hide the refusal itself
+
+
+def _maybe_batch(producer: Any, n: int) -> AbstractContextManager[Any]:
+    """A Redis pipeline for many messages; none for one (it would only add a round of work)."""
+    return producer.batch() if n > 1 else nullcontext()
 
 
 _SUBMIT_ARGS = {
