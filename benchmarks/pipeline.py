@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import gc
 import json
 import os
 import re
@@ -29,6 +30,7 @@ import resource
 import sys
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +69,8 @@ WARMUP_FRAC = 0.1
 LATENCY_FPS = 10.0
 LATENCY_MODEL = "shape_detector"
 LATENCY_MAX_FRAMES = 300
+PLAIN_LATENCY_DIVISOR = 3  # the plain Celery latency reference: a third of (c)'s frames
+NOOP_FRAMES_FACTOR = 2  # (b) runs are short (~200 frames/s): twice the frames steadies them
 DISTINCT_FRAMES = 16
 RESULT_TIMEOUT = 120.0
 
@@ -239,69 +243,89 @@ class FramepoolClient:
         )
 
     def open_loop(self, n: int, fps: float) -> dict[str, Any]:
-        """One frame every 1/fps s on a fixed schedule, whatever the results do.
+        """One frame every 1/fps s on a fixed schedule (see :func:`_open_loop`)."""
 
-        Between submissions the oldest outstanding result is read with
-        ``FrameHandle.get``, its timeout cut at the next frame's due time, so a
-        slow result never delays the schedule (no coordinated omission).
-        """
-        period = 1.0 / fps
-        added: list[float] = []
-        e2e: list[float] = []
-        inference: list[float] = []
-        batch_sizes: list[int] = []
-        parts: dict[str, list[float]] = {
-            k: [] for k in ("queue", "decode", "preprocess", "batch_wait", "postprocess")
-        }
-        pending: deque[tuple[Any, float]] = deque()
-        max_late = 0.0
-        start = time.perf_counter() + period
-        i = 0
-        while i < n or pending:
-            now = time.perf_counter()
-            due = start + i * period
-            if i < n and now >= due:
-                max_late = max(max_late, now - due)
-                handle = self.producer.submit(
-                    self.model_id, self.jpegs[i % len(self.jpegs)], camera_id=self.camera, seq=i
-                )
-                pending.append((handle, now))
-                i += 1
-                continue
-            if not pending:
-                time.sleep(due - now)
-                continue
-            handle, sent = pending[0]
-            timeout = due - now if i < n else RESULT_TIMEOUT
+        def submit(i: int) -> Any:
+            frame = self.jpegs[i % len(self.jpegs)]
+            return self.producer.submit(self.model_id, frame, camera_id=self.camera, seq=i)
+
+        def get(handle: Any, timeout: float) -> Any:
             try:
-                result = handle.get(timeout=max(timeout, 0.0005))
+                result = handle.get(timeout=timeout)
             except ResultTimeout:
-                if i < n:
-                    continue  # time to submit the next frame
-                raise
-            e2e.append((time.perf_counter() - sent) * 1000.0)
-            pending.popleft()
+                return None
             if not result.ok:
                 raise BenchError(f"frame {handle.seq} failed: {result.status} {result.error}")
-            assert result.completed_at is not None and result.enqueued_at is not None
-            t = result.timings_ms
-            added.append((result.completed_at - result.enqueued_at) * 1000.0 - t.inference)
-            inference.append(t.inference)
-            batch_sizes.append(result.batch_size)
-            for k, values in parts.items():
-                values.append(getattr(t, k))
+            return result
+
+        done, late = _open_loop(n, fps, submit, get)
+        results = [r for r, _ in done]
+        added = [
+            (r.completed_at - r.enqueued_at) * 1000.0 - r.timings_ms.inference for r in results
+        ]
+        e2e = [ms for _, ms in done]
+        parts = ("queue", "decode", "preprocess", "batch_wait", "postprocess")
         return {
             "frames": n,
             "fps": fps,
-            "max_submit_lateness_ms": round(max_late * 1000.0, 3),
+            "max_submit_lateness_ms": round(late * 1000.0, 3),
             "added_p50_ms": round(percentile(added, 50), 3),
             "added_p99_ms": round(percentile(added, 99), 3),
             "e2e_p50_ms": round(percentile(e2e, 50), 3),
             "e2e_p99_ms": round(percentile(e2e, 99), 3),
-            "inference_p50_ms": round(percentile(inference, 50), 3),
-            "mean_batch_size": round(sum(batch_sizes) / len(batch_sizes), 2),
-            "median_parts_ms": {k: round(median(v), 3) for k, v in parts.items()},
+            "inference_p50_ms": round(percentile([r.timings_ms.inference for r in results], 50), 3),
+            "mean_batch_size": round(sum(r.batch_size for r in results) / len(results), 2),
+            "median_parts_ms": {
+                k: round(median(getattr(r.timings_ms, k) for r in results), 3) for k in parts
+            },
         }
+
+
+def _open_loop(
+    n: int,
+    fps: float,
+    submit: Callable[[int], Any],
+    get: Callable[[Any, float], Any],
+) -> tuple[list[tuple[Any, float]], float]:
+    """Submit frame ``i`` at ``start + i/fps`` whatever the results do.
+
+    Between submissions the oldest outstanding result is read with ``get(handle,
+    timeout)`` (``None`` on timeout), its timeout cut at the next frame's due
+    time, so a slow result never delays the schedule (no coordinated omission).
+    Returns ``(result, submit-to-read ms)`` in submission order and the largest
+    lateness of a submission (s).
+    """
+    period = 1.0 / fps
+    pending: deque[tuple[Any, float]] = deque()
+    done: list[tuple[Any, float]] = []
+    max_late = 0.0
+    start = time.perf_counter() + period
+    i = 0
+    deadline = 0.0
+    while i < n or pending:
+        now = time.perf_counter()
+        due = start + i * period
+        if i < n and now >= due:
+            max_late = max(max_late, now - due)
+            pending.append((submit(i), now))
+            i += 1
+            continue
+        if not pending:
+            time.sleep(due - now)
+            continue
+        handle, sent = pending[0]
+        if i >= n and not deadline:
+            deadline = now + RESULT_TIMEOUT
+        timeout = due - now if i < n else deadline - now
+        result = get(handle, max(timeout, 0.0005))
+        if result is None:
+            if i >= n and time.perf_counter() >= deadline:
+                raise BenchError(f"no result within {RESULT_TIMEOUT:.0f}s")
+            continue  # time to submit the next frame
+        done.append((result, (time.perf_counter() - sent) * 1000.0))
+        pending.popleft()
+        deadline = 0.0
+    return done, max_late
 
 
 class PlainClient:
@@ -340,6 +364,35 @@ class PlainClient:
             wall_fps=n / wall,
             cpu_ms_per_frame=meter.per_frame_ms(n),
         )
+
+    def open_loop(self, n: int, fps: float) -> dict[str, Any]:
+        """The same schedule as framepool's (c); latency = completed_at - enqueued_at."""
+        from celery.exceptions import TimeoutError as CeleryTimeout
+
+        def submit(i: int) -> Any:
+            return self.submit(i, 1)[0]
+
+        def get(handle: Any, timeout: float) -> Any:
+            try:
+                value = handle.get(timeout=timeout)
+            except CeleryTimeout:
+                return None
+            if not isinstance(value, dict):
+                raise BenchError(f"plain task failed: {value!r}")
+            return value
+
+        done, late = _open_loop(n, fps, submit, get)
+        added = [(r["completed_at"] - r["enqueued_at"]) * 1000.0 for r, _ in done]
+        e2e = [ms for _, ms in done]
+        return {
+            "frames": n,
+            "fps": fps,
+            "max_submit_lateness_ms": round(late * 1000.0, 3),
+            "added_p50_ms": round(percentile(added, 50), 3),
+            "added_p99_ms": round(percentile(added, 99), 3),
+            "e2e_p50_ms": round(percentile(e2e, 50), 3),
+            "e2e_p99_ms": round(percentile(e2e, 99), 3),
+        }
 
 
 # ------------------------------------------------------------------ workers
@@ -541,7 +594,12 @@ def scenario_latency(
 
 
 def scenario_noop(
-    sb: Sandbox, jpegs: Sequence[bytes], frames: int, repeats: int, threads: int
+    sb: Sandbox,
+    jpegs: Sequence[bytes],
+    frames: int,
+    repeats: int,
+    threads: int,
+    latency_frames: int,
 ) -> dict[str, Any]:
     settings = Settings(redis_url=sb.redis_url, max_batch_size=BATCH)
     _log("noop: starting workers (framepool, plain -P solo, plain -P threads)")
@@ -551,19 +609,34 @@ def scenario_noop(
     fp = FramepoolClient(settings, "noop", jpegs)
     plain_solo = PlainClient(sb.redis_url, jpegs, "bench.plain.solo")
     plain_thr = PlainClient(sb.redis_url, jpegs, "bench.plain.threads")
-    out: dict[str, list[Run]] = {"framepool": [], "plain_solo": [], "plain_threads": []}
+    out: dict[str, list[Any]] = {
+        "framepool": [],
+        "plain_solo": [],
+        "plain_threads": [],
+        "plain_latency": [],
+    }
     try:
         for c in (plain_solo, plain_thr, fp):
             _warm(c, 2 * CHUNK)
+        order: list[tuple[str, Any, Child]] = [
+            ("framepool", fp, fp_worker),
+            ("plain_solo", plain_solo, solo),
+            ("plain_threads", plain_thr, thr),
+        ]
         for r in range(repeats):
-            for key, c, w in (
-                ("framepool", fp, fp_worker),
-                ("plain_solo", plain_solo, solo),
-                ("plain_threads", plain_thr, thr),
-            ):
+            # rotate the order so no system always runs first (or right after another)
+            for key, c, w in order[r % 3 :] + order[: r % 3]:
                 run = c.closed_loop(frames, CpuMeter({"worker": w.pid, "redis": sb.redis.proc.pid}))
                 out[key].append(run)
                 _log(f"(b) repeat {r + 1}: {key} {run.steady_fps:.1f} frames/s")
+        for r in range(repeats):
+            x = plain_solo.open_loop(latency_frames, LATENCY_FPS)
+            out["plain_latency"].append(x)
+            _log(
+                f"(c) repeat {r + 1}: plain Celery -P solo enqueue-to-completed p50 "
+                f"{x['added_p50_ms']:.2f} ms p99 {x['added_p99_ms']:.2f} ms; round trip p50 "
+                f"{x['e2e_p50_ms']:.2f} ms p99 {x['e2e_p99_ms']:.2f} ms"
+            )
     finally:
         for c in (fp, plain_solo, plain_thr):
             with contextlib.suppress(Exception):
@@ -604,6 +677,7 @@ def _fig(
 
 def build_figures(res: dict[str, Any], noop: dict[str, Any]) -> dict[str, dict[str, Any]]:
     e2e, loop, lat, lm = res["e2e"], res["loop"], res["latency"], res["model"]
+    plat = noop["plain_latency"]
     figs = {
         "a": _fig(
             "(a) resnet18 end to end vs in-process loop",
@@ -633,28 +707,29 @@ def build_figures(res: dict[str, Any], noop: dict[str, Any]) -> dict[str, dict[s
             f"(c) {lm} added latency p50 (completed-enqueued minus inference), 10 fps",
             "ms",
             [x["added_p50_ms"] for x in lat],
-            None,
+            [x["added_p50_ms"] for x in plat],
             GOALS["c_p50"],
+            baseline="plain Celery -P solo task (full decode): completed-enqueued",
         ),
         "c_p99": _fig(
             f"(c) {lm} added latency p99, 10 fps",
             "ms",
             [x["added_p99_ms"] for x in lat],
-            None,
+            [x["added_p99_ms"] for x in plat],
             GOALS["c_p99"],
         ),
         "c_e2e_p50": _fig(
             f"(c) {lm} producer round trip p50 (submit to result read), 10 fps",
             "ms",
             [x["e2e_p50_ms"] for x in lat],
-            None,
+            [x["e2e_p50_ms"] for x in plat],
             None,
         ),
         "c_e2e_p99": _fig(
             f"(c) {lm} producer round trip p99, 10 fps",
             "ms",
             [x["e2e_p99_ms"] for x in lat],
-            None,
+            [x["e2e_p99_ms"] for x in plat],
             None,
         ),
         "c_inference_p50": _fig(
@@ -677,7 +752,7 @@ def summary_rows(figs: dict[str, dict[str, Any]]) -> list[list[str]]:
     for f in figs.values():
         unit = f["unit"]
         base = _fmt(f["baseline_median"], unit) if "baseline_median" in f else "-"
-        rat = f"{f['ratio']:.2f}x" if "ratio" in f else "-"
+        rat = f"{f['ratio']:.3f}x" if "ratio" in f else "-"
         goal = f.get("goal", "-")
         met = "-" if "met" not in f else ("yes" if f["met"] else "**no**")
         runs = ", ".join(_fmt(v, unit) for v in f["runs"])
@@ -743,9 +818,11 @@ def latest_block(report: dict[str, Any]) -> str:
             f"simplejpeg {v['simplejpeg']}",
             f"- settings: MAX_BATCH_SIZE={cfg['max_batch_size']}, BATCH_TIMEOUT_MS (default) "
             f"{cfg['batch_timeout_ms']:g}, worker threads {cfg['concurrency']}, torch threads "
-            f"{cfg['torch_threads']}, {cfg['frames']} frames per throughput run, "
+            f"{cfg['torch_threads']}, {cfg['frames']} frames per (a) end-to-end run "
+            f"({cfg['loop_frames']} for the loop), {cfg['noop_frames']} per (b) run, "
             f"{cfg['latency_frames']} frames of {cfg['latency_model']} at "
-            f"{cfg['latency_fps']:g} fps (open loop) for (c), "
+            f"{cfg['latency_fps']:g} fps (open loop) for (c) and "
+            f"{cfg['plain_latency_frames']} for its plain Celery reference, "
             f"{cfg['repeats']} repeats, 640x480 JPEG q{cfg['jpeg_quality']} "
             f"(~{cfg['jpeg_kb']} KB), closed loop keeps {CHUNK}-{2 * CHUNK} frames outstanding",
             "",
@@ -782,8 +859,11 @@ def history_row(report: dict[str, Any]) -> str:
     def cell(key: str) -> str:
         x = f[key]
         unit = x["unit"]
+        if unit == "ms":
+            plain = f" (plain {x['baseline_median']:.2f})" if "baseline_median" in x else ""
+            return f"{x['median']:.2f} ms{plain}"
         if "ratio" in x:
-            return f"{_fmt(x['median'], unit)} / {_fmt(x['baseline_median'], unit)} = {x['ratio']:.2f}x"
+            return f"{_fmt(x['median'], unit)} / {_fmt(x['baseline_median'], unit)} = {x['ratio']:.3f}x"
         return f"{_fmt(x['median'], unit)} ms"
 
     return (
@@ -849,9 +929,24 @@ def main(frames: int, repeats: int, out: Path, started: float) -> int:
     _log(f"{command}: {info['nproc']} CPUs, {info['cpu']}; torch threads {threads}")
     try:
         with _quiet_logs(), Sandbox() as sb:
-            res = scenario_resnet18(sb, jpegs, frames, repeats, threads)
-            res.update(scenario_latency(sb, jpegs, latency_frames, repeats, threads))
-            noop = scenario_noop(sb, jpegs, frames, repeats, threads)
+            try:
+                res = scenario_resnet18(sb, jpegs, frames, repeats, threads)
+                res.update(scenario_latency(sb, jpegs, latency_frames, repeats, threads))
+                noop = scenario_noop(
+                    sb,
+                    jpegs,
+                    NOOP_FRAMES_FACTOR * frames,
+                    repeats,
+                    threads,
+                    max(10, latency_frames // PLAIN_LATENCY_DIVISOR),
+                )
+            except BaseException as exc:
+                # Drop the result handles the traceback's frames hold while Redis is
+                # still up: Celery's AsyncResult.__del__ otherwise retries a gone
+                # Redis for 20 s after the sandbox has stopped it.
+                traceback.clear_frames(exc.__traceback__)
+                gc.collect()
+                raise
     except KeyboardInterrupt:
         print("interrupted: workers and Redis stopped", file=sys.stderr)
         return 130
@@ -865,8 +960,11 @@ def main(frames: int, repeats: int, out: Path, started: float) -> int:
         "machine": info,
         "config": {
             "frames": frames,
+            "noop_frames": NOOP_FRAMES_FACTOR * frames,
+            "loop_frames": max(8 * BATCH, frames // 2),
             "repeats": repeats,
             "latency_frames": latency_frames,
+            "plain_latency_frames": max(10, latency_frames // PLAIN_LATENCY_DIVISOR),
             "latency_fps": LATENCY_FPS,
             "latency_model": res["model"],
             "max_batch_size": BATCH,
@@ -886,6 +984,7 @@ def main(frames: int, repeats: int, out: Path, started: float) -> int:
             "b_framepool": [r.as_dict() for r in noop["framepool"]],
             "b_plain_solo": [r.as_dict() for r in noop["plain_solo"]],
             "b_plain_threads": [r.as_dict() for r in noop["plain_threads"]],
+            "c_plain_latency": noop["plain_latency"],
         },
         "runtime_s": round(runtime, 1),
     }

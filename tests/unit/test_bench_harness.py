@@ -109,4 +109,4 @@ def test_update_docs_appends_history_rows(tmp_path: Path, monkeypatch: pytest.Mo
     assert text.count("latest 2030-01-01 00:00 UTC") == 1  # replaced, not appended
     assert text.count("| 2030-01-01 00:00 UTC |") == 2  # one history row per run
     assert text.count("| date |") == 1
-    assert "1.0 / 2.0 = 0.50x" in text
+    assert "1.0 / 2.0 = 0.500x" in text
