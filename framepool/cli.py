@@ -167,6 +167,34 @@ def results(camera_id: str, follow: bool, count: int) -> None:
         pass
 
 
+@main.command()
+@click.option("--worker", "worker_name", required=True, help="worker name, e.g. gpu0-1@host")
+@click.option("--batches", default=1, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--model", "model_id", default=None, help="one model [every model of the worker]")
+@click.option("--timeout", default=5.0, show_default=True, help="seconds to wait for the reply")
+def profile(worker_name: str, batches: int, model_id: str | None, timeout: float) -> None:
+    """Run the next N batches of a worker under torch.profiler (kernel stats in its heartbeat)."""
+    from framepool import keys
+    from framepool.celery_app import create_app
+
+    settings = _settings()
+    _require_redis(settings)
+    app = create_app(settings)
+    replies = app.control.broadcast(
+        keys.PROFILE_COMMAND,
+        arguments={"batches": batches, "model": model_id},
+        destination=[worker_name],
+        reply=True,
+        timeout=timeout,
+    )
+    answer = next((r[worker_name] for r in replies if worker_name in r), None)
+    if answer is None:
+        _fail(f"worker {worker_name!r} did not answer within {timeout:g}s", EXIT_UNAVAILABLE)
+    if "error" in answer:
+        _fail(answer["error"])
+    click.echo(json.dumps({"worker": worker_name, "pending_batches": answer["ok"]}))
+
+
 @main.command(name="models")
 def models_cmd() -> None:
     """List the models under MODELS_ROOT and their manifests."""

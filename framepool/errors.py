@@ -4,6 +4,10 @@
 - ``Retryable``: a passing condition (queue full, Redis away); retry later.
 - ``ModelError``: the model failed on good input.
 - ``GpuOutOfMemory``: a ``ModelError`` the runtime handles by splitting batches.
+- ``ModelRefused``: the worker cannot place a model (no GPU fits it and CPU
+  fallback is off); it serves its other models.
+- ``DeviceLost``: a sticky CUDA error; the worker process must exit so its
+  frames are redelivered to a healthy one.
 """
 
 from __future__ import annotations
@@ -61,3 +65,11 @@ class ModelError(FramepoolError):
 
 class GpuOutOfMemory(ModelError):
     """CUDA ran out of memory for this batch."""
+
+
+class ModelRefused(ModelError):
+    """The model fits on no GPU and GPU_FALLBACK_TO_CPU is off."""
+
+
+class DeviceLost(ModelError):
+    """A sticky CUDA error (illegal access, lost device): the process cannot go on."""

@@ -40,3 +40,22 @@ SERVED_MODELS = f"{PREFIX}:models:served"
 def dropped_counter(model_id: str) -> str:
     """Hash of frames dropped for ``model_id`` by reason (queue_full, expired, ...)."""
     return f"{PREFIX}:dropped:{model_id}"
+
+
+#: Set of worker names that have ever sent a heartbeat (members expire lazily:
+#: a name whose heartbeat key is gone is a worker that has stopped or died).
+WORKERS = f"{PREFIX}:workers"
+
+
+def worker_heartbeat(worker: str) -> str:
+    """JSON snapshot of one worker, rewritten every HEARTBEAT_INTERVAL_SECONDS with a TTL."""
+    return f"{PREFIX}:worker:{worker}"
+
+
+def heartbeat_ttl(interval_s: float) -> int:
+    """Seconds a heartbeat stays after its last write: three missed beats mean gone."""
+    return max(2, int(round(3 * interval_s)))
+
+
+#: Celery remote-control command: profile the next N batches on one worker.
+PROFILE_COMMAND = "framepool_profile"

@@ -44,6 +44,7 @@ class Timings(BaseModel):
     batch_wait: float = 0.0
     decode: float = 0.0
     preprocess: float = 0.0
+    host_to_device: float = 0.0  # stacking and the copy to the GPU (CUDA events there)
     inference: float = 0.0
     postprocess: float = 0.0
     total: float = 0.0

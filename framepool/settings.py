@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     # --- models ---
     model_warmup_enabled: bool = True
     model_load_timeout_ms: int = Field(60000, ge=1)
+    # error rate over the last MODEL_HEALTH_WINDOW frames that makes a model
+    # degraded / unhealthy (it goes back to ready when the rate falls again)
+    model_health_window: int = Field(50, ge=1)
+    model_degraded_error_rate: float = Field(0.1, gt=0, le=1)
+    model_unhealthy_error_rate: float = Field(0.5, gt=0, le=1)
+    # every N batches one runs under torch.profiler (0 = off)
+    profile_every_n_batches: int = Field(0, ge=0)
 
     # --- framepool: Redis, queues, batching ---
     redis_url: str = "redis://127.0.0.1:6379/0"

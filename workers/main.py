@@ -2,30 +2,69 @@
 
 The caller pins the device (``workers.device.pin_device``) before this module
 is imported, because importing it imports torch.
+
+Startup follows the seed's flow: settings and logging (done by the CLI), the
+GPU manager, models placed, loaded and warmed up, heartbeats, then the queues of
+the models that are ready. Exit codes:
+
+- ``0`` stopped on request;
+- ``4`` (``EXIT_NO_MODELS``) no model could be loaded;
+- ``5`` (``EXIT_DEVICE_LOST``) a sticky CUDA error: the frames in flight were
+  requeued for a healthy worker, and a supervisor should start a fresh process.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 from celery import signals
 from celery.worker import state as worker_state
+from celery.worker.control import control_command
 
 from framepool import keys
 from framepool.celery_app import create_app
+from framepool.errors import FramepoolError
 from framepool.log import get_logger
+from framepool.nvml import NvmlSampler
 from framepool.settings import Settings
 from workers.device import resolve_device
+from workers.heartbeat import Heartbeat
 from workers.runtime import WorkerRuntime
 from workers.task import register_infer_task
 
 log = get_logger(__name__)
 
+EXIT_OK = 0
+EXIT_NO_MODELS = 4
+EXIT_DEVICE_LOST = 5
+
 # Celery logs two INFO lines per task; at camera rates that is most of the log.
 _QUIET = ("celery.worker.strategy", "celery.app.trace")
+
+_runtime: WorkerRuntime | None = None  # the control command reaches it here
+
+
+@control_command(
+    name=keys.PROFILE_COMMAND,
+    args=[("batches", int), ("model", str)],
+    signature="batches=1 [model]",
+)
+def _profile_command(state: Any, batches: int = 1, model: str | None = None) -> dict[str, Any]:
+    """Profile the next N batches of one model (or every model) on this worker."""
+    if _runtime is None:
+        return {"error": "worker not started"}
+    if batches < 1:
+        return {"error": "batches must be >= 1"}
+    try:
+        return {"ok": _runtime.profile(batches, model or None)}
+    except FramepoolError as exc:
+        return {"error": str(exc)}
 
 
 def default_name(device: str) -> str:
@@ -41,6 +80,7 @@ def run_worker(
     name: str | None = None,
 ) -> int:
     """Load the models, then consume their queues until stopped. Returns the exit code."""
+    global _runtime
     device = resolve_device(pinned_device, settings.enable_gpu, settings.gpu_fallback_to_cpu)
     name = name or default_name(device)
     if settings.log_level != "DEBUG":
@@ -54,19 +94,41 @@ def run_worker(
         model_ids,
         client,
         incoming=lambda: len(worker_state.reserved_requests),
+        sampler=NvmlSampler(pids=[os.getpid()]),
     )
+    _runtime = runtime
+    heartbeat = Heartbeat(client, name, settings.heartbeat_interval_seconds, runtime.snapshot)
+    heartbeat.start()
+    if not runtime.ready_models:
+        log.error("worker_no_models", worker=name, asked=list(model_ids))
+        heartbeat.stop("failed")
+        return EXIT_NO_MODELS
+
+    def _on_fatal(exc: BaseException) -> None:
+        heartbeat.beat_now()
+        os.kill(os.getpid(), signal.SIGTERM)  # warm shutdown: in-flight frames are requeued
+
+    runtime.on_fatal = _on_fatal
     app = create_app(settings)
     register_infer_task(app, runtime)
     runtime.start()
 
     @signals.worker_ready.connect(weak=False)
     def _ready(**_: object) -> None:
-        log.info("worker_ready", worker=name, device=device, models=list(runtime.runners))
+        runtime.state = "ready"
+        heartbeat.beat_now()
+        log.info(
+            "worker_ready",
+            worker=name,
+            device=device,
+            models=runtime.ready_models,
+            failed=[m for m in model_ids if m not in runtime.runners],
+        )
 
     concurrency = concurrency or settings.worker_concurrency or 2 * settings.max_batch_size
     worker = app.Worker(
         hostname=name,
-        queues=[keys.queue_name(m) for m in model_ids],
+        queues=[keys.queue_name(m) for m in runtime.ready_models],
         pool="threads",
         concurrency=concurrency,
         loglevel=settings.log_level,
@@ -78,5 +140,9 @@ def run_worker(
         worker.start()
     finally:
         runtime.stop()
-        log.info("worker_stopped", worker=name, exitcode=worker.exitcode)
+        heartbeat.stop(runtime.state)
+        _runtime = None
+        log.info("worker_stopped", worker=name, exitcode=worker.exitcode, state=runtime.state)
+    if runtime.fatal is not None:
+        return EXIT_DEVICE_LOST
     return int(worker.exitcode or 0)

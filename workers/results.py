@@ -57,6 +57,7 @@ def build_result(
         "batch_wait": 0.0,
         "decode": 0.0,
         "preprocess": 0.0,
+        "host_to_device": 0.0,
         "inference": 0.0,
         "postprocess": 0.0,
         **rec.timings,

@@ -3,6 +3,17 @@ and hands each frame its own result.
 
 Frames arrive already decoded and preprocessed (in the Celery task's thread),
 so decode of the next frames overlaps the model's forward pass.
+
+What can go wrong in a batch, and what the runner does:
+
+- out of memory: the batch is split in halves and retried, the model's batch
+  cap shrinks (and grows back after a run of good batches); a single frame that
+  still does not fit gets an ``error`` result;
+- any other exception: the batch is split so one bad frame fails alone;
+- a sticky CUDA error (illegal access, lost device): the CUDA context is gone,
+  so nothing is answered: every waiting frame fails with ``DeviceLost`` and
+  ``on_fatal`` tells the runtime to stop the process, so the frames are
+  redelivered to a healthy worker.
 """
 
 from __future__ import annotations
@@ -18,16 +29,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from framepool.errors import ModelError
+from framepool.errors import DeviceLost, GpuOutOfMemory, ModelError
 from framepool.log import get_logger
 from framepool.schemas import Status
 from models.base import Model
 from workers.batching import STOP, Batch, collect_batch
+from workers.lifecycle import ModelHealth
+from workers.oom import BatchCap, is_oom, is_sticky_cuda_error
+from workers.profiling import BatchProfiler
 from workers.results import FrameRecord, Origin, build_result
+from workers.stats import ModelStats
 
 log = get_logger(__name__)
 
 Finish = Callable[[list[dict[str, Any]]], None]
+Done = list[tuple["FrameJob", dict[str, Any]]]
 
 
 @dataclass(slots=True)
@@ -45,6 +61,31 @@ class FrameJob:
         return self.record.deadline_at
 
 
+class _StageClock:
+    """Host→device and inference times: CUDA events on a GPU, perf_counter on CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.device = device
+        self._marks: list[Any] = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record()
+            self._marks.append(ev)
+        else:
+            self._marks.append(time.perf_counter())
+
+    def spans_ms(self) -> list[float]:
+        """Milliseconds between consecutive marks (synchronises the GPU first)."""
+        m = self._marks
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            return [float(a.elapsed_time(b)) for a, b in zip(m, m[1:], strict=False)]
+        return [(b - a) * 1000.0 for a, b in zip(m, m[1:], strict=False)]
+
+
 class ModelRunner:
     """Runs one model on its device in a thread of its own."""
 
@@ -57,21 +98,34 @@ class ModelRunner:
         timeout_s: float,
         finish: Finish,
         incoming: Callable[[], int] = lambda: 0,
+        health: ModelHealth | None = None,
+        profiler: BatchProfiler | None = None,
+        on_fatal: Callable[[BaseException], None] | None = None,
     ) -> None:
         self.model = model
         self.origin = origin
-        self.max_batch_size = min(max_batch_size, model.manifest.max_batch_size)
+        self.cap = BatchCap(min(max_batch_size, model.manifest.max_batch_size))
         self.timeout_s = timeout_s
         self.finish = finish
         self.incoming = incoming
+        self.health = health
+        self.profiler = profiler
+        self.on_fatal = on_fatal
+        self.stats = ModelStats()
+        self.fatal: BaseException | None = None
         self.in_flight = 0  # submitted and not yet resolved
         self._lock = threading.Lock()
         self._q: queue.Queue[FrameJob | object] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name=f"runner-{model.id}", daemon=True)
-        self.batches = 0
-        self.batch_sizes: dict[int, int] = {}
+
+    @property
+    def max_batch_size(self) -> int:
+        return self.cap.limit
 
     def start(self) -> None:
+        if self.profiler is not None and self.profiler.every_n > 0:
+            # torch's profiler costs ~1 s the first time in a process; pay it now
+            self.profiler.warm_up(self.model.device.type)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -80,6 +134,9 @@ class ModelRunner:
 
     def submit(self, job: FrameJob) -> Future[dict[str, Any]]:
         with self._lock:
+            if self.fatal is not None:
+                job.future.set_exception(DeviceLost(str(self.fatal)))
+                return job.future
             self.in_flight += 1
         self._q.put(job)
         return job.future
@@ -89,7 +146,7 @@ class ModelRunner:
         while True:
             batch: Batch[FrameJob] | None = collect_batch(
                 self._q,
-                max_batch_size=self.max_batch_size,
+                max_batch_size=self.cap.current,
                 timeout_s=self.timeout_s,
                 incoming=self.incoming,
             )
@@ -97,11 +154,42 @@ class ModelRunner:
                 return
             try:
                 self._run(batch)
+            except DeviceLost as exc:
+                self._die(batch, exc)
+                return
             except Exception:  # never let one batch kill the loop
                 log.exception("runner_loop_error", model_id=self.model.id)
 
+    def _die(self, batch: Batch[FrameJob], exc: DeviceLost) -> None:
+        """Fail every waiting frame (they will be redelivered) and report the fatal error."""
+        log.critical(
+            "device_lost", model_id=self.model.id, device=str(self.model.device), error=str(exc)
+        )
+        with self._lock:
+            self.fatal = exc
+        pending = [*batch.items, *batch.expired]
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, FrameJob):
+                pending.append(item)
+        for job in pending:
+            if not job.future.done():
+                job.future.set_exception(exc)
+        with self._lock:
+            self.in_flight -= len(pending)
+        if self.health is not None:
+            self.health.failed(f"device lost: {exc}")
+        if self.on_fatal is not None:
+            try:
+                self.on_fatal(exc)
+            except Exception:
+                log.exception("on_fatal_failed", model_id=self.model.id)
+
     def _run(self, batch: Batch[FrameJob]) -> None:
-        done: list[tuple[FrameJob, dict[str, Any]]] = []
+        done: Done = []
         for job in batch.expired:
             job.record.timings["batch_wait"] = (time.monotonic() - job.submitted_at) * 1000.0
             done.append(
@@ -116,69 +204,99 @@ class ModelRunner:
                 )
             )
         if batch.items:
-            done.extend(self._infer(batch.items))
-            self.batches += 1
-            n = len(batch.items)
-            self.batch_sizes[n] = self.batch_sizes.get(n, 0) + 1
+            self.stats.record_batch(len(batch.items))
+            done.extend(self._infer_batch(batch.items))
+        results = [r for _, r in done]
+        self.stats.record_results(results)
+        if self.health is not None and batch.items:
+            errors = sum(1 for r in results if r["status"] == Status.error.value)
+            self.health.record(ok=len(batch.items) - errors, errors=errors)
         try:
-            self.finish([r for _, r in done])
+            self.finish(results)
         finally:
             for job, result in done:
                 job.future.set_result(result)
             with self._lock:
                 self.in_flight -= len(done)
 
-    def _infer(self, jobs: list[FrameJob]) -> list[tuple[FrameJob, dict[str, Any]]]:
+    def _infer_batch(self, jobs: list[FrameJob]) -> Done:
+        """One batch from the queue, under the profiler when it is this batch's turn."""
+        prof = self.profiler
+        if prof is not None and prof.should_profile():
+            with prof.profile(self.model.device.type):
+                return self._infer(jobs)
+        started = time.perf_counter()
+        out = self._infer(jobs)
+        if prof is not None:
+            prof.record_batch_ms((time.perf_counter() - started) * 1000.0)
+        return out
+
+    def _infer(self, jobs: list[FrameJob]) -> Done:
         """Run ``jobs`` as one batch; on failure split it so one bad frame fails alone."""
         start = time.monotonic()
+        clock = _StageClock(self.model.device)
         try:
             x = torch.from_numpy(np.stack([j.input for j in jobs]))
-            x = x.to(self.model.device, non_blocking=True)
+            if clock.cuda:
+                x = x.pin_memory()
             with torch.inference_mode():
+                clock.mark()
+                x = x.to(self.model.device, non_blocking=True)
+                clock.mark()
                 raw = self.model.infer(x)
-                if self.model.device.type == "cuda":
-                    torch.cuda.synchronize(self.model.device)
-                t_inf = time.monotonic()
+                clock.mark()
+                h2d_ms, inf_ms = clock.spans_ms()
+                t_post = time.perf_counter()
                 outputs = self.model.postprocess(raw, [j.size for j in jobs])
-            t_post = time.monotonic()
+                post_ms = (time.perf_counter() - t_post) * 1000.0
             if len(outputs) != len(jobs):
                 raise ModelError(
                     f"{self.model.id} returned {len(outputs)} outputs for {len(jobs)} frames"
                 )
         except Exception as exc:
-            if len(jobs) > 1:
+            return self._on_error(jobs, exc)
+        n = len(jobs)
+        self.cap.on_success(n)
+        out = []
+        for job, o in zip(jobs, outputs, strict=True):
+            t = job.record.timings
+            t["batch_wait"] = (start - job.submitted_at) * 1000.0
+            t["host_to_device"] = h2d_ms
+            t["inference"] = inf_ms
+            t["postprocess"] = post_ms
+            out.append(
+                (job, build_result(job.record, self.origin, Status.ok, outputs=o, batch_size=n))
+            )
+        return out
+
+    def _on_error(self, jobs: list[FrameJob], exc: Exception) -> Done:
+        if is_sticky_cuda_error(exc):
+            raise DeviceLost(f"{type(exc).__name__}: {exc}") from exc
+        oom = is_oom(exc)
+        if oom:
+            cap = self.cap.on_oom(len(jobs))
+            self.stats.record_oom_split()
+            if self.model.device.type == "cuda":
+                torch.cuda.empty_cache()
+            log.warning("batch_oom", model_id=self.model.id, batch_size=len(jobs), batch_cap=cap)
+        if len(jobs) > 1:
+            if not oom:
                 log.warning(
                     "batch_failed_splitting",
                     model_id=self.model.id,
                     batch_size=len(jobs),
                     error=f"{type(exc).__name__}: {exc}",
                 )
-                half = len(jobs) // 2
-                return self._infer(jobs[:half]) + self._infer(jobs[half:])
-            log.error(
-                "frame_model_error",
-                model_id=self.model.id,
-                correlation_id=jobs[0].record.correlation_id,
-                error=str(exc),
-            )
-            return [
-                (
-                    jobs[0],
-                    build_result(
-                        jobs[0].record, self.origin, Status.error, error=exc, batch_size=1
-                    ),
-                )
-            ]
-        n = len(jobs)
-        per_inf = (t_inf - start) * 1000.0
-        per_post = (t_post - t_inf) * 1000.0
-        out = []
-        for job, o in zip(jobs, outputs, strict=True):
-            t = job.record.timings
-            t["batch_wait"] = (start - job.submitted_at) * 1000.0
-            t["inference"] = per_inf
-            t["postprocess"] = per_post
-            out.append(
-                (job, build_result(job.record, self.origin, Status.ok, outputs=o, batch_size=n))
-            )
-        return out
+            half = len(jobs) // 2
+            return self._infer(jobs[:half]) + self._infer(jobs[half:])
+        job = jobs[0]
+        error: BaseException = GpuOutOfMemory(str(exc)) if oom else exc
+        log.error(
+            "frame_model_error",
+            model_id=self.model.id,
+            correlation_id=job.record.correlation_id,
+            error=f"{type(error).__name__}: {error}",
+        )
+        return [
+            (job, build_result(job.record, self.origin, Status.error, error=error, batch_size=1))
+        ]

@@ -14,14 +14,18 @@ from typing import Any
 import redis
 
 from framepool import codec, keys
-from framepool.errors import BadFrame, BadInput
-from framepool.log import LogTimer, bind_frame, get_logger
+from framepool.errors import BadFrame, BadInput, DeviceLost
+from framepool.log import bind_frame, get_logger
+from framepool.nvml import GpuSampler
 from framepool.schemas import FrameMeta, Status
 from framepool.settings import Settings
-from models.base import Model
-from models.registry import load_model
+from workers.gpu_manager import GPUManager
+from workers.lifecycle import ModelState
+from workers.loading import ModelSlot, load_models
+from workers.profiling import BatchProfiler
 from workers.results import FrameRecord, Origin, StreamWriter, build_result
 from workers.runner import FrameJob, ModelRunner
+from workers.snapshot import build_snapshot
 
 log = get_logger(__name__)
 
@@ -37,24 +41,38 @@ def _check_message(frame: Any, meta: Any) -> FrameMeta:
 
 
 class WorkerRuntime:
+    """A worker's models (loaded or failed), their runners, and its heartbeat snapshot."""
+
     def __init__(
         self,
         settings: Settings,
         name: str,
         device: str,
-        models: Iterable[Model],
+        slots: Iterable[ModelSlot],
         client: redis.Redis,
         incoming: Callable[[], int] = lambda: 0,
+        gpu: GPUManager | None = None,
+        sampler: GpuSampler | None = None,
     ) -> None:
         self.settings = settings
         self.name = name
         self.device = device
         self.client = client
+        self.gpu = gpu or GPUManager(False, settings.gpu_memory_reserve_mb, True)
+        self.sampler = sampler
         self.streams = StreamWriter(client, settings.result_stream_maxlen)
+        self.slots = {s.model_id: s for s in slots}
         self.runners: dict[str, ModelRunner] = {}
+        self.fatal: BaseException | None = None
+        self.on_fatal: Callable[[BaseException], None] | None = None
+        self.state = "starting"
+        self.started_at = time.time()
         self._incoming = incoming
-        for model in models:
-            origin = Origin(worker=name, device=device, model_version=model.version)
+        for slot in self.slots.values():
+            if slot.model is None:
+                continue
+            model = slot.model
+            origin = Origin(worker=name, device=str(model.device), model_version=model.version)
             self.runners[model.id] = ModelRunner(
                 model,
                 origin,
@@ -62,6 +80,9 @@ class WorkerRuntime:
                 timeout_s=settings.batch_timeout_s,
                 finish=self.streams.write,
                 incoming=self.incoming,
+                health=slot.health,
+                profiler=BatchProfiler(settings.profile_every_n_batches),
+                on_fatal=self._fatal,
             )
         self.origin = Origin(worker=name, device=device)
 
@@ -74,15 +95,20 @@ class WorkerRuntime:
         model_ids: Iterable[str],
         client: redis.Redis,
         incoming: Callable[[], int] = lambda: 0,
+        sampler: GpuSampler | None = None,
     ) -> WorkerRuntime:
-        models = []
-        for model_id in model_ids:
-            with LogTimer(log, "model_load", model_id=model_id, device=device):
-                model = load_model(settings.models_root, model_id, device)
-                if settings.model_warmup_enabled:
-                    model.warmup(batch_size=1)
-            models.append(model)
-        return cls(settings, name, device, models, client, incoming)
+        """The seed's startup flow: GPU manager, then place, load and warm each model."""
+        gpu = GPUManager(
+            settings.enable_gpu and device != "cpu",
+            settings.gpu_memory_reserve_mb,
+            settings.gpu_fallback_to_cpu,
+        )
+        slots = load_models(settings, model_ids, gpu, on_change=_log_health_change)
+        return cls(settings, name, device, slots, client, incoming, gpu, sampler)
+
+    @property
+    def ready_models(self) -> list[str]:
+        return list(self.runners)
 
     def incoming(self) -> int:
         """Frames received by this worker but not yet handed to a runner."""
@@ -91,14 +117,39 @@ class WorkerRuntime:
     def start(self) -> None:
         for runner in self.runners.values():
             runner.start()
+        if not self.runners:
+            return
         try:
             self.client.sadd(keys.SERVED_MODELS, *self.runners)
         except redis.RedisError as exc:
             log.warning("served_models_register_failed", error=str(exc))
 
     def stop(self) -> None:
+        self.state = "stopping"
         for runner in self.runners.values():
             runner.stop()
+
+    def profile(self, batches: int, model_id: str | None = None) -> dict[str, int]:
+        """Profile the next ``batches`` batches of one model (or of each); pending per model."""
+        if model_id is not None and model_id not in self.runners:
+            raise BadInput(f"model {model_id!r} is not served by worker {self.name}")
+        targets = [model_id] if model_id else list(self.runners)
+        pending: dict[str, int] = {}
+        for m in targets:
+            profiler = self.runners[m].profiler
+            if profiler is not None:
+                pending[m] = profiler.request(batches)
+        return pending
+
+    def _fatal(self, exc: BaseException) -> None:
+        self.fatal = exc
+        self.state = "device_lost"
+        if self.on_fatal is not None:
+            self.on_fatal(exc)
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the heartbeat publishes: who and where, GPU readings, models, counters, kernels."""
+        return build_snapshot(self)
 
     # --------------------------------------------------------------- per frame
     def handle(self, job_id: str, correlation_id: str, frame: Any, meta: Any) -> dict[str, Any]:
@@ -114,6 +165,8 @@ class WorkerRuntime:
             return result
 
     def _handle(self, job_id: str, cid: str, frame: Any, meta: Any) -> dict[str, Any]:
+        if self.fatal is not None:  # the task turns this into a requeue
+            raise DeviceLost(f"worker {self.name} lost its device: {self.fatal}")
         started = time.time()
         try:
             meta = _check_message(frame, meta)
@@ -145,6 +198,7 @@ class WorkerRuntime:
                 runner.origin,
                 Status.expired,
                 ("DeadlineExceeded", "deadline passed before the worker received the frame"),
+                runner,
             )
         s = self.settings
         t0 = time.perf_counter()
@@ -157,13 +211,13 @@ class WorkerRuntime:
             )
         except BadFrame as exc:
             log.warning("frame_decode_failed", error=str(exc))
-            return self._finish_early(rec, runner.origin, Status.error, exc)
+            return self._finish_early(rec, runner.origin, Status.error, exc, runner)
         t1 = time.perf_counter()
         try:
             x = runner.model.preprocess(image)
         except Exception as exc:
             log.warning("frame_preprocess_failed", error=f"{type(exc).__name__}: {exc}")
-            return self._finish_early(rec, runner.origin, Status.error, exc)
+            return self._finish_early(rec, runner.origin, Status.error, exc, runner)
         t2 = time.perf_counter()
         rec.timings["decode"] = (t1 - t0) * 1000.0
         rec.timings["preprocess"] = (t2 - t1) * 1000.0
@@ -171,8 +225,20 @@ class WorkerRuntime:
         return runner.submit(job).result()
 
     def _finish_early(
-        self, rec: FrameRecord, origin: Origin, status: Status, error: Any
+        self,
+        rec: FrameRecord,
+        origin: Origin,
+        status: Status,
+        error: Any,
+        runner: ModelRunner | None = None,
     ) -> dict[str, Any]:
         result = build_result(rec, origin, status, error=error)
+        if runner is not None:
+            runner.stats.record_results([result])
         self.streams.write([result])
         return result
+
+
+def _log_health_change(model_id: str, old: ModelState, new: ModelState, reason: str) -> None:
+    level = log.info if new in (ModelState.ready, ModelState.loading) else log.warning
+    level("model_state_changed", model_id=model_id, old=old.value, new=new.value, reason=reason)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from framepool.log import get_logger
+from framepool.nvml import device_count
 
 log = get_logger(__name__)
 
@@ -59,16 +60,7 @@ class _Child:
 
 def detect_gpus() -> int:
     """Number of NVIDIA GPUs via NVML (0 when no driver or library)."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        try:
-            return int(pynvml.nvmlDeviceGetCount())
-        finally:
-            pynvml.nvmlShutdown()
-    except Exception:
-        return 0
+    return device_count()
 
 
 def plan_workers(

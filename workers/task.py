@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, Task
+from celery.exceptions import Reject
 
 from framepool import keys
+from framepool.errors import DeviceLost
 from workers.runtime import WorkerRuntime
 
 
@@ -24,6 +26,11 @@ def register_infer_task(app: Celery, runtime: WorkerRuntime) -> Task:
         # AMQP-style property Celery exposes; a foreign producer's frames fall back
         # to the job id.
         cid = request.correlation_id or request.id
-        return runtime.handle(request.id, cid, frame, meta)
+        try:
+            return runtime.handle(request.id, cid, frame, meta)
+        except DeviceLost as exc:
+            # The GPU is gone: no result, no ack. The message goes back to the
+            # queue for a healthy worker while this process shuts down.
+            raise Reject(str(exc), requeue=True) from exc
 
     return infer

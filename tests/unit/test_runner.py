@@ -136,3 +136,97 @@ def test_wrong_number_of_outputs_is_an_error_per_frame() -> None:
     # the batch of 3 fails, is split, and single frames (1 output each) then succeed
     assert [r["status"] for r in results] == ["ok", "ok", "ok"]
     assert all(r["batch_size"] == 1 for r in results)
+
+
+class OomAbove(Doubler):
+    """Raises CUDA out-of-memory for batches larger than ``k``."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+
+    def infer(self, batch: torch.Tensor) -> Any:
+        self.batches.append(len(batch))
+        if len(batch) > self.k:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (batch {len(batch)})")
+        return batch.flatten() * 2
+
+
+def test_oom_splits_the_batch_shrinks_the_cap_and_answers_every_frame() -> None:
+    model = OomAbove(k=3)
+    runner = ModelRunner(
+        model, Origin("w1", "cpu", "1"), max_batch_size=16, timeout_s=0.0, finish=lambda _: None
+    )
+    jobs = [job(i, float(i)) for i in range(16)]
+    for j in jobs:
+        runner.submit(j)
+    runner.start()
+    wait([j.future for j in jobs], timeout=10)
+    results = [j.future.result() for j in jobs]
+    assert [r["outputs"]["value"] for r in results] == [2.0 * i for i in range(16)]
+    assert max(r["batch_size"] for r in results) <= 3
+    assert runner.cap.current < 16 and runner.stats.oom_splits >= 1
+    # the next batches start at the shrunken cap: no OOM for them
+    more = [job(100 + i, 1.0) for i in range(6)]
+    before = runner.stats.oom_splits
+    for j in more:
+        runner.submit(j)
+    wait([j.future for j in more], timeout=10)
+    runner.stop()
+    assert all(j.future.result()["status"] == "ok" for j in more)
+    assert runner.stats.oom_splits - before <= 1
+
+
+def test_a_lone_frame_that_still_ooms_gets_an_error_result() -> None:
+    results, _ = run([job(0, 1.0)], OomAbove(k=0))
+    assert results[0]["status"] == "error"
+    assert results[0]["error"]["type"] == "GpuOutOfMemory"
+
+
+def test_a_sticky_cuda_error_fails_every_waiting_frame_and_reports_fatal() -> None:
+    class Sticky(Doubler):
+        def infer(self, batch: torch.Tensor) -> Any:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    from framepool.errors import DeviceLost
+
+    fatal: list[BaseException] = []
+    written: list[list[dict]] = []
+    runner = ModelRunner(
+        Sticky(),
+        Origin("w1", "cpu", "1"),
+        max_batch_size=2,
+        timeout_s=0.0,
+        finish=written.append,
+        on_fatal=fatal.append,
+    )
+    jobs = [job(i, 1.0) for i in range(5)]
+    for j in jobs:
+        runner.submit(j)
+    runner.start()
+    wait([j.future for j in jobs], timeout=10)
+    assert all(isinstance(j.future.exception(), DeviceLost) for j in jobs)
+    assert len(fatal) == 1 and written == []  # no result is written for any of them
+    late = runner.submit(job(9, 1.0))
+    assert isinstance(late.exception(timeout=1), DeviceLost)
+    assert runner.in_flight == 0
+    runner.stop()
+
+
+def test_stage_timings_and_stats_are_recorded() -> None:
+    model = Doubler()
+    runner = ModelRunner(
+        model, Origin("w1", "cpu", "1"), max_batch_size=8, timeout_s=0.0, finish=lambda _: None
+    )
+    jobs = [job(i, 1.0) for i in range(4)]
+    for j in jobs:
+        runner.submit(j)
+    runner.start()
+    wait([j.future for j in jobs], timeout=10)
+    runner.stop()
+    t = jobs[0].future.result()["timings_ms"]
+    assert t["inference"] > 0 and t["host_to_device"] >= 0 and "postprocess" in t
+    snap = runner.stats.snapshot()
+    assert snap["frames"] == 4 and snap["ok"] == 4 and snap["batches"] == 1
+    assert snap["batch_sizes"] == {"4": 1}
+    assert snap["timings_ms"]["inference"]["count"] == 4
