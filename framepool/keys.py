@@ -59,3 +59,12 @@ def heartbeat_ttl(interval_s: float) -> int:
 
 #: Celery remote-control command: profile the next N batches on one worker.
 PROFILE_COMMAND = "framepool_profile"
+
+#: Alerts (written by the monitor): active ones by id, a capped history, a count per day.
+ALERTS_ACTIVE = f"{PREFIX}:alerts:active"
+ALERTS_HISTORY = f"{PREFIX}:alerts:history"
+
+
+def alerts_day_counter(day: str) -> str:
+    """Number of alerts fired on ``day`` (``YYYY-MM-DD``, UTC)."""
+    return f"{PREFIX}:alerts:count:{day}"

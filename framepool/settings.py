@@ -86,6 +86,22 @@ class Settings(BaseSettings):
     flower_basic_auth: str | None = None
     heartbeat_interval_seconds: float = Field(5.0, gt=0)
 
+    # --- monitor: API, stream, alerts ---
+    metrics_require_token: bool = False
+    rate_limit_per_second: float = Field(10.0, gt=0)  # per client, the reference's 10/s
+    rate_limit_burst: int = Field(50, ge=1)
+    ws_max_connections: int = Field(100, ge=1)
+    ws_max_message_bytes: int = Field(4096, ge=64)  # what a client may send (filters)
+    ws_send_timeout_seconds: float = Field(2.0, gt=0)  # a slower client is dropped
+    monitor_poll_interval_seconds: float = Field(1.0, gt=0)
+    alert_webhook_url: str | None = None
+    alert_gpu_utilization_percent: float = Field(90.0, gt=0, le=100)
+    alert_gpu_utilization_for_seconds: float = Field(30.0, ge=0)
+    alert_gpu_memory_percent: float = Field(95.0, gt=0, le=100)
+    alert_gpu_temperature_celsius: float = Field(85.0, gt=0)
+    alert_queue_growth_for_seconds: float = Field(60.0, ge=0)
+    alert_history_size: int = Field(1000, ge=10)
+
     @field_validator("redact_log_fields", mode="before")
     @classmethod
     def _split_fields(cls, v: object) -> object:

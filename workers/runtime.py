@@ -200,6 +200,7 @@ class WorkerRuntime:
                 ("DeadlineExceeded", "deadline passed before the worker received the frame"),
                 runner,
             )
+        runner.stats.record_frame_size(len(frame))
         s = self.settings
         t0 = time.perf_counter()
         try:

@@ -28,6 +28,9 @@ BUCKETS_MS: tuple[float, ...] = (
     0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000,
 )  # fmt: skip
 
+#: Upper bounds (bytes) of the frame-size histogram: 4 KB to 16 MB.
+FRAME_SIZE_BUCKETS: tuple[int, ...] = tuple(4096 * 2**i for i in range(13))
+
 #: Upper bounds of the batch-size histogram (frames per batch).
 BATCH_SIZE_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -79,6 +82,7 @@ class ModelStats:
         self.oom_splits = 0
         self.batch_sizes: dict[int, int] = {}
         self.batch_size_hist = Histogram(BATCH_SIZE_BUCKETS)
+        self.frame_size_hist = Histogram(FRAME_SIZE_BUCKETS)
         self.stages = {s: Histogram(BUCKETS_MS) for s in STAGES}
 
     def record_batch(self, size: int) -> None:
@@ -103,6 +107,10 @@ class ModelStats:
                     if h is not None and isinstance(ms, int | float):
                         h.observe(float(ms))
 
+    def record_frame_size(self, size_bytes: int) -> None:
+        with self._lock:
+            self.frame_size_hist.observe(size_bytes)
+
     def record_oom_split(self) -> None:
         with self._lock:
             self.oom_splits += 1
@@ -118,5 +126,6 @@ class ModelStats:
                 "oom_splits": self.oom_splits,
                 "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
                 "batch_size_hist": self.batch_size_hist.snapshot(),
+                "frame_size_bytes": self.frame_size_hist.snapshot(),
                 "timings_ms": {s: h.snapshot() for s, h in self.stages.items() if h.count},
             }
