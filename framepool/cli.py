@@ -195,6 +195,68 @@ def profile(worker_name: str, batches: int, model_id: str | None, timeout: float
     click.echo(json.dumps({"worker": worker_name, "pending_batches": answer["ok"]}))
 
 
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="[MONITOR_PORT]")
+def monitor(port: int | None) -> None:
+    """The monitor service: /metrics, /health, the GPU API, the live stream and the dashboard."""
+    settings = _settings()
+    if port is not None:
+        settings = settings.model_copy(update={"monitor_port": port})
+    from framepool.log import configure_logging
+
+    configure_logging(settings)
+    import uvicorn
+
+    from monitoring.app import create_app
+
+    click.echo(
+        f"framepool monitor on http://{settings.server_host}:{settings.monitor_port}/ "
+        f"(metrics /metrics, API /docs)",
+        err=True,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.server_host,
+        port=settings.monitor_port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+@main.command()
+@click.option("--watch", is_flag=True, help="refresh every second until Ctrl-C")
+def status(watch: bool) -> None:
+    """Workers, GPUs, models, queues and alerts as terminal tables (reads Redis directly)."""
+    import redis
+    from rich.console import Console
+    from rich.live import Live
+
+    from monitoring.alerts import AlertEngine
+    from monitoring.cluster import ClusterReader
+    from monitoring.status import render_status
+
+    settings = _settings()
+    _require_redis(settings)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    reader = ClusterReader(client, settings)
+    alerts = AlertEngine(client, settings)
+
+    def picture() -> Any:
+        return render_status(reader.read(), alerts.active())
+
+    console = Console()
+    if not watch:
+        console.print(picture())
+        return
+    try:
+        with Live(picture(), console=console, refresh_per_second=1) as live:
+            while True:
+                time.sleep(1.0)
+                live.update(picture())
+    except KeyboardInterrupt:
+        pass
+
+
 @main.command(name="models")
 def models_cmd() -> None:
     """List the models under MODELS_ROOT and their manifests."""
@@ -283,6 +345,29 @@ def bench_pipeline(frames: int, repeats: int, out: str) -> None:
 
     started = time.time()
     sys.exit(run(frames=frames, repeats=repeats, out=Path(out), started=started))
+
+
+@bench.command(name="models")
+@click.option("--models", "models_", help="comma-separated model ids [resnet50,resnet18]")
+@click.option("--batches", help="comma-separated batch sizes [1,8,32 on CPU; 1,8,32,64 on CUDA]")
+@click.option("--repeats", type=click.IntRange(1), help="timed repeats per figure [5]")
+@click.option("--out", default="benchmarks/results/models.json", show_default=True)
+def bench_models(models_: str | None, batches: str | None, repeats: int | None, out: str) -> None:
+    """Models' throughput (fp32/fp16), measured memory, profiler cost, OOM recovery."""
+    started = time.time()
+    try:
+        sizes = None if batches is None else [int(b) for b in _split(batches)]
+    except ValueError:
+        _fail(f"--batches must be comma-separated integers, got {batches!r}")
+    if sizes is not None and (not sizes or min(sizes) < 1):
+        _fail(f"--batches must be comma-separated integers >= 1, got {batches!r}")
+    model_ids = None if models_ is None else _split(models_)
+    if model_ids is not None and not model_ids:
+        _fail("--models needs at least one model id")
+    settings = _settings()
+    from benchmarks.models import main as run
+
+    sys.exit(run(settings, model_ids, sizes, repeats, out=Path(out), started=started))
 
 
 if __name__ == "__main__":

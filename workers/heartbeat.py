@@ -56,8 +56,11 @@ class Heartbeat:
         self._stop.set()
         self._wake.set()
         self._thread.join(self.interval_s + 5)
-        try:
-            self.client.delete(self.key)
+        try:  # a clean stop is not a missing worker: leave the set too
+            pipe = self.client.pipeline(transaction=False)
+            pipe.delete(self.key)
+            pipe.srem(keys.WORKERS, self.worker)
+            pipe.execute()
         except redis.RedisError as exc:
             log.warning("heartbeat_delete_failed", error=str(exc), state=state)
 

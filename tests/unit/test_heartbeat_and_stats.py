@@ -49,6 +49,7 @@ def test_heartbeat_thread_beats_and_stop_removes_the_key() -> None:
     assert hb.beats >= 3
     hb.stop()
     assert client.get(keys.worker_heartbeat("w")) is None
+    assert client.smembers(keys.WORKERS) == set()  # a clean stop is not a missing worker
 
 
 def test_histogram_buckets_are_cumulative() -> None:

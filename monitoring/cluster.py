@@ -1,0 +1,171 @@
+"""ClusterReader: the whole cluster from Redis in a few round trips, as a ClusterSnapshot.
+
+Each :meth:`ClusterReader.read`:
+
+1. ``SMEMBERS`` of ``keys.WORKERS`` and ``keys.SERVED_MODELS`` (one pipeline);
+2. one ``MGET`` of every worker's heartbeat key, plus for every model known so far
+   (served models and manifests under ``MODELS_ROOT``) ``LLEN`` and ``LINDEX -1`` of
+   each of its queue lists and ``HGETALL`` of its drop counter (one pipeline);
+3. only when a heartbeat names a model not known yet, the same queue commands for it.
+
+A name in ``keys.WORKERS`` whose heartbeat key has expired is listed in
+``snapshot.gone``; the reader notes when it first saw it gone and removes it from
+``keys.WORKERS`` once it has been gone for :data:`GONE_FORGET_S` (a restarted
+monitor starts counting again, so it lists such a name for up to another 10
+minutes). Garbage under any key never raises (bad heartbeat JSON gives a worker
+in state ``invalid``; an unreadable queue message gives no age); an unreachable
+Redis raises ``redis.RedisError`` for the caller to report.
+
+The views and helpers are defined in :mod:`monitoring.cluster_views`,
+:mod:`monitoring.cluster_build` and :mod:`monitoring.histograms` and exported here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis
+
+from framepool import keys
+from framepool.log import get_logger
+from framepool.manifest import discover
+from framepool.settings import Settings
+from monitoring.cluster_build import (
+    STATE_ORDER,
+    build_devices,
+    build_models,
+    device_key,
+    parse_worker,
+)
+from monitoring.cluster_views import (
+    ClusterSnapshot,
+    DeviceView,
+    ModelView,
+    QueueView,
+    WorkerView,
+)
+from monitoring.histograms import quantile_ms
+from monitoring.queues import add_queue_commands, commands_per_model, parse_queue_replies
+
+__all__ = [
+    "STATE_ORDER",
+    "ClusterReader",
+    "ClusterSnapshot",
+    "DeviceView",
+    "ModelView",
+    "QueueView",
+    "WorkerView",
+    "device_key",
+    "quantile_ms",
+]
+
+log = get_logger(__name__)
+
+#: Seconds a worker stays in ``snapshot.gone`` before its name leaves ``keys.WORKERS``.
+GONE_FORGET_S = 600.0
+#: Seconds the list of manifests under ``MODELS_ROOT`` is reused.
+MANIFEST_CACHE_S = 30.0
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _members(reply: Any) -> set[str]:
+    return {_text(v) for v in reply} if isinstance(reply, set | list | tuple) else set()
+
+
+class ClusterReader:
+    """Reads heartbeats, queues and drop counters; see the module docstring."""
+
+    def __init__(
+        self, client: redis.Redis, settings: Settings, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.client = client
+        self.settings = settings
+        self.clock = clock
+        self._gone_since: dict[str, float] = {}
+        self._manifests: set[str] = set()
+        self._manifests_at: float | None = None
+
+    def read(self) -> ClusterSnapshot:
+        now = self.clock()
+        pipe = self.client.pipeline(transaction=False)
+        pipe.smembers(keys.WORKERS)
+        pipe.smembers(keys.SERVED_MODELS)
+        names_reply, served_reply = pipe.execute(raise_on_error=False)
+        names = sorted(_members(names_reply))
+        candidates = sorted(_members(served_reply) | self._manifest_ids(now))
+
+        pipe = self.client.pipeline(transaction=False)
+        if names:
+            pipe.mget([keys.worker_heartbeat(n) for n in names])
+        for model_id in candidates:
+            add_queue_commands(pipe, model_id)
+        replies = pipe.execute(raise_on_error=False) if len(pipe) else []
+        values = replies.pop(0) if names else []
+        if not isinstance(values, list) or len(values) != len(names):
+            values = [None] * len(names)
+
+        workers = [parse_worker(n, v, now) for n, v in zip(names, values, strict=True) if v]
+        gone = [n for n, v in zip(names, values, strict=True) if not v]
+        extra = sorted({m for w in workers for m in w.models} - set(candidates))
+        if extra:
+            pipe = self.client.pipeline(transaction=False)
+            for model_id in extra:
+                add_queue_commands(pipe, model_id)
+            replies += pipe.execute(raise_on_error=False)
+        known = candidates + extra
+
+        queues: dict[str, QueueView] = {}
+        at = 0
+        for model_id in known:
+            n = commands_per_model(model_id)
+            reading = parse_queue_replies(model_id, replies[at : at + n])
+            at += n
+            oldest = reading.oldest_enqueued_at
+            queues[model_id] = QueueView(
+                model_id=model_id,
+                queue=keys.queue_name(model_id),
+                depth=reading.depth,
+                oldest_age_s=None if oldest is None else round(max(0.0, now - oldest), 6),
+                dropped=reading.dropped,
+            )
+        devices = build_devices(workers)
+        return ClusterSnapshot(
+            taken_at=now,
+            workers=workers,
+            gone=self._track_gone(gone, now),
+            queues=dict(sorted(queues.items())),
+            devices=devices,
+            models=build_models(workers, known),
+            gpu_available=any(d.has_reading for d in devices),
+        )
+
+    def _manifest_ids(self, now: float) -> set[str]:
+        at = self._manifests_at
+        if at is None or not 0 <= now - at < MANIFEST_CACHE_S:
+            try:
+                self._manifests = set(discover(self.settings.models_root)[0])
+            except OSError as exc:
+                log.warning("manifest_discovery_failed", error=str(exc))
+            self._manifests_at = now
+        return self._manifests
+
+    def _track_gone(self, gone: Iterable[str], now: float) -> list[str]:
+        """Names still listed as gone; forgets (SREM) the ones gone for GONE_FORGET_S."""
+        since = {n: self._gone_since.get(n, now) for n in gone}
+        self._gone_since = since
+        expired = [n for n, t in since.items() if now - t >= GONE_FORGET_S]
+        if expired:
+            try:
+                self.client.srem(keys.WORKERS, *expired)
+            except redis.RedisError as exc:
+                log.warning("gone_workers_forget_failed", error=str(exc), workers=expired)
+            else:
+                log.info("gone_workers_forgotten", workers=expired)
+                for n in expired:
+                    del self._gone_since[n]
+        return sorted(n for n in since if n not in expired)

@@ -1,0 +1,241 @@
+"""Prometheus metrics rebuilt from the latest ClusterSnapshot at every scrape.
+
+:class:`FramepoolCollector` is a custom collector: nothing is mutated between
+scrapes, each one builds every family from the snapshot, so the series of a
+worker that has gone (or a model it stopped serving) disappear on their own.
+Register it in the service's own ``CollectorRegistry`` and serve :func:`render`.
+
+Names: the fifteen metrics of the first reference document with its meaning,
+labelled by ``worker`` (the worker's name), ``model_id``/``version`` and, for GPUs,
+``gpu`` = the device key ``"<hostname>/<uuid>"`` (``"<hostname>/<index>"`` when NVML
+gives no UUID; unique across hosts and stable across restarts) with ``hostname``
+and ``uuid`` beside it. framepool's own: ``framepool_*`` and
+``celery_queue_length{queue_name}``. Without a GPU the ``gpu_*`` families are
+present with no samples. Latencies are converted from the workers' milliseconds
+to seconds; histogram buckets are the workers' cumulative buckets plus ``+Inf``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import CollectorRegistry
+
+from framepool.log import get_logger
+from monitoring.cluster import ClusterSnapshot
+from monitoring.cluster_build import reading_key, readings
+from monitoring.histograms import prometheus_buckets
+
+log = get_logger(__name__)
+
+MB = 1024 * 1024
+#: model_load_status: a model in one of these states is loaded (1), else 0.
+LOADED = frozenset({"ready", "degraded", "unhealthy"})
+#: model_health_status values (a state not listed here gets no sample).
+HEALTH = {"ready": 1.0, "degraded": 0.0, "loading": 0.5, "unhealthy": -1.0, "failed": -1.0}
+#: inference_requests_total{status} from the per-worker stats counters.
+STATUS_COUNTERS = (("success", "ok"), ("failed", "errors"), ("expired", "expired"))
+
+GPU_LABELS = ["gpu", "hostname", "uuid"]
+MW = ["model_id", "worker"]
+MVW = ["model_id", "version", "worker"]
+
+
+def _f(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
+
+
+def _num(value: Any) -> float:
+    number = _f(value)
+    return 0.0 if number is None else number
+
+
+def _field(item: Any, name: str) -> str:
+    value = item.get(name) if isinstance(item, dict) else getattr(item, name, None)
+    return "" if value is None else str(value)
+
+
+class _Families:
+    """Every family of one scrape, filled from a snapshot."""
+
+    def __init__(self) -> None:
+        c, g, h = CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+        self.requests = c("inference_requests_total", "Frames that reached a result per model and worker by status (success|failed|expired); status=rejected has worker=\"\" and counts frames the producer refused on a full queue.", labels=["model_id", "worker", "status"])  # fmt: skip
+        self.duration = h("inference_duration_seconds", "End-to-end frame latency (enqueue to result, the 'total' stage) in seconds.", labels=MW)  # fmt: skip
+        self.queue_size = g("inference_queue_size", "Frames waiting in the model's queue (all priorities).", labels=["model_id"])  # fmt: skip
+        self.concurrent = g("concurrent_requests_active", "Frames a worker has taken and not finished (sum of in_flight over its models).", labels=["worker"])  # fmt: skip
+        self.load = g("model_load_status", "1 when the model is loaded in the worker (ready, degraded or unhealthy), 0 when loading or failed.", labels=MVW)  # fmt: skip
+        self.health = g("model_health_status", "Model health in the worker: 1 ready, 0.5 loading, 0 degraded, -1 unhealthy or failed.", labels=MVW)  # fmt: skip
+        self.infer_count = c("model_inference_count", "Frames the model ran in the worker (ok + errors).", labels=MVW)  # fmt: skip
+        self.error_count = c("model_error_count", "Frames that failed in the model in the worker.", labels=MVW)  # fmt: skip
+        self.mem_used = g("gpu_memory_used_bytes", "GPU memory in use (NVML, all processes).", labels=GPU_LABELS)  # fmt: skip
+        self.mem_total = g("gpu_memory_total_bytes", "GPU memory in total (NVML).", labels=GPU_LABELS)  # fmt: skip
+        self.mem_reserved = g("gpu_memory_reserved_bytes", "GPU memory framepool's workers allocated to models on this GPU (measured peak, else the manifest estimate).", labels=GPU_LABELS)  # fmt: skip
+        self.util = g("gpu_utilization_percent", "GPU compute utilization (NVML).", labels=GPU_LABELS)  # fmt: skip
+        self.temp = g("gpu_temperature_celsius", "GPU temperature (NVML).", labels=GPU_LABELS)  # fmt: skip
+        self.decode = h("frame_decode_duration_seconds", "Frame decode time in the worker in seconds.", labels=MW)  # fmt: skip
+        self.frame_size = h("frame_size_bytes", "Size of the encoded frames the worker received.", labels=MW)  # fmt: skip
+        self.power = g("framepool_gpu_power_watts", "GPU power draw (NVML).", labels=GPU_LABELS)  # fmt: skip
+        self.proc_mem = g("framepool_worker_process_gpu_memory_bytes", "GPU memory used by the worker's own process (NVML).", labels=["worker", "gpu"])  # fmt: skip
+        self.depth = g("framepool_queue_depth", "Frames waiting in the model's queue (all priorities).", labels=["model_id"])  # fmt: skip
+        self.oldest = g("framepool_queue_oldest_age_seconds", "Age of the oldest waiting frame (0 when the queue is empty).", labels=["model_id"])  # fmt: skip
+        self.dropped = c("framepool_frames_dropped_total", "Frames dropped before inference by reason (queue_full, ...).", labels=["model_id", "reason"])  # fmt: skip
+        self.batch_size = h("framepool_batch_size", "Frames per batch.", labels=MW)  # fmt: skip
+        self.batch_wait = h("framepool_batch_wait_seconds", "Time a frame waited for its batch to fill, in seconds.", labels=MW)  # fmt: skip
+        self.stage = h("framepool_stage_duration_seconds", "Per-stage frame time in seconds (queue, batch_wait, decode, preprocess, host_to_device, inference, postprocess, total).", labels=[*MW, "stage"])  # fmt: skip
+        self.up = g("framepool_worker_up", "1 for a worker with a live heartbeat, 0 for one whose heartbeat expired.", labels=["worker", "hostname"])  # fmt: skip
+        self.alert = g("framepool_alert_active", "1 for each active alert.", labels=["rule", "severity", "subject"])  # fmt: skip
+        self.celery = g("celery_queue_length", "Messages in the Celery queue (as celery-exporter names it).", labels=["queue_name"])  # fmt: skip
+
+    def all(self) -> list[Metric]:
+        return list(vars(self).values())
+
+
+def build_families(snap: ClusterSnapshot | None, alerts: Iterable[Any] = ()) -> list[Metric]:
+    """Every metric family for ``snap`` (families without samples when it is ``None``)."""
+    f = _Families()
+    if snap is not None:
+        _workers(f, snap)
+        _gpus(f, snap)
+        _queues(f, snap)
+    for a in alerts:
+        state = _field(a, "state")
+        if state in ("", "active"):
+            f.alert.add_metric([_field(a, "rule"), _field(a, "severity"), _field(a, "subject")], 1)
+    return f.all()
+
+
+def _workers(f: _Families, snap: ClusterSnapshot) -> None:
+    for w in snap.workers:
+        f.up.add_metric([w.name, w.hostname], 1)
+        in_flight = 0.0
+        for model_id, e in w.models.items():
+            in_flight += _num(e.get("in_flight"))
+            mw, mvw = [model_id, w.name], [model_id, _field(e, "version"), w.name]
+            state = _field(e, "state")
+            f.load.add_metric(mvw, 1 if state in LOADED else 0)
+            if state in HEALTH:
+                f.health.add_metric(mvw, HEALTH[state])
+            f.infer_count.add_metric(mvw, _num(e.get("inferences")))
+            f.error_count.add_metric(mvw, _num(e.get("errors")))
+            stats = e.get("stats")
+            if not isinstance(stats, dict):
+                continue
+            for status, key in STATUS_COUNTERS:
+                f.requests.add_metric([model_id, w.name, status], _num(stats.get(key)))
+            timings = stats.get("timings_ms")
+            timings = timings if isinstance(timings, dict) else {}
+            for stage, hist in timings.items():
+                buckets, total = prometheus_buckets(hist, 0.001)
+                f.stage.add_metric([*mw, str(stage)], buckets, total)
+                if stage == "total":
+                    f.duration.add_metric(mw, buckets, total)
+                elif stage == "decode":
+                    f.decode.add_metric(mw, buckets, total)
+                elif stage == "batch_wait":
+                    f.batch_wait.add_metric(mw, buckets, total)
+            if "batch_size_hist" in stats:
+                f.batch_size.add_metric(mw, *prometheus_buckets(stats["batch_size_hist"]))
+            if "frame_size_bytes" in stats:
+                f.frame_size.add_metric(mw, *prometheus_buckets(stats["frame_size_bytes"]))
+        f.concurrent.add_metric([w.name], in_flight)
+        for r in readings(w):
+            mb = _f(r.get("process_memory_mb"))
+            if mb is not None:
+                f.proc_mem.add_metric([w.name, reading_key(w, r)], mb * MB)
+    for name in snap.gone:
+        f.up.add_metric([name, name.rpartition("@")[2] if "@" in name else ""], 0)
+
+
+def _gpus(f: _Families, snap: ClusterSnapshot) -> None:
+    for d in snap.devices:
+        labels = [d.key, d.hostname, d.uuid or ""]
+        f.mem_reserved.add_metric(labels, d.allocated_mb * MB)
+        for family, value, scale in (
+            (f.mem_used, d.memory_used_mb, MB),
+            (f.mem_total, d.memory_total_mb, MB),
+            (f.util, d.utilization_percent, 1),
+            (f.temp, d.temperature_c, 1),
+            (f.power, d.power_w, 1),
+        ):
+            if value is not None:
+                family.add_metric(labels, value * scale)
+
+
+def _queues(f: _Families, snap: ClusterSnapshot) -> None:
+    for model_id, q in snap.queues.items():
+        f.queue_size.add_metric([model_id], q.depth)
+        f.depth.add_metric([model_id], q.depth)
+        f.celery.add_metric([q.queue], q.depth)
+        if q.oldest_age_s is not None or q.depth == 0:
+            f.oldest.add_metric([model_id], q.oldest_age_s or 0.0)
+        f.requests.add_metric([model_id, "", "rejected"], q.dropped.get("queue_full", 0))
+        for reason, n in sorted(q.dropped.items()):
+            f.dropped.add_metric([model_id, reason], n)
+
+
+class FramepoolCollector:
+    """A ``prometheus_client`` collector over ``get_snapshot()`` and ``alerts()``.
+
+    Neither callable may break a scrape: an exception is logged and the scrape
+    answers with empty families (and no alerts, for a failing ``alerts``).
+    """
+
+    def __init__(
+        self,
+        get_snapshot: Callable[[], ClusterSnapshot | None],
+        alerts: Callable[[], list[Any]] | None = None,
+    ) -> None:
+        self.get_snapshot = get_snapshot
+        self.alerts = alerts
+        self._cache: tuple[ClusterSnapshot | None, list[Any], list[Metric]] | None = None
+
+    def describe(self) -> list[Metric]:
+        """The families' names (no samples), so registering does not read Redis."""
+        return build_families(None)
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            snap = self.get_snapshot()
+        except Exception as exc:
+            log.warning("metrics_snapshot_failed", error=repr(exc))
+            snap = None
+        active: list[Any] = []
+        if self.alerts is not None:
+            try:
+                active = list(self.alerts())
+            except Exception as exc:
+                log.warning("metrics_alerts_failed", error=repr(exc))
+        alert_key = [(_field(a, "rule"), _field(a, "subject"), _field(a, "state")) for a in active]
+        cached = self._cache
+        if cached is not None and cached[0] is snap and cached[1] == alert_key:
+            yield from cached[2]  # the same snapshot scraped again (several scrapers)
+            return
+        families = build_families(snap, active)
+        self._cache = (snap, alert_key, families)
+        yield from families
+
+
+def make_registry(
+    get_snapshot: Callable[[], ClusterSnapshot | None],
+    alerts: Callable[[], list[Any]] | None = None,
+) -> CollectorRegistry:
+    """A fresh registry holding only a :class:`FramepoolCollector`."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(FramepoolCollector(get_snapshot, alerts))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The registry in Prometheus' text format (``CONTENT_TYPE_LATEST``)."""
+    return generate_latest(registry)
