@@ -293,15 +293,29 @@ def models_cmd() -> None:
 @click.option("--models", "models_", default="shape_detector", show_default=True)
 @click.option("--no-flower", is_flag=True, help="do not start Flower")
 @click.option("--no-gateway", is_flag=True, help="do not start the HTTP gateway")
-def up(gpus: str, workers_per_gpu: int, models_: str, no_flower: bool, no_gateway: bool) -> None:
-    """Start Redis (embedded when REDIS_URL is local and silent) and the workers."""
+@click.option("--no-monitor", is_flag=True, help="do not start the monitor")
+def up(
+    gpus: str,
+    workers_per_gpu: int,
+    models_: str,
+    no_flower: bool,
+    no_gateway: bool,
+    no_monitor: bool,
+) -> None:
+    """Start Redis (embedded when REDIS_URL is local and silent), the workers and the monitor."""
     from framepool.stack import Stack
 
     settings = _settings()
     model_ids = _split(models_)
     _check_models(settings, model_ids)
     try:
-        with Stack(settings, gpus=gpus, workers_per_gpu=workers_per_gpu, models=model_ids) as st:
+        with Stack(
+            settings,
+            gpus=gpus,
+            workers_per_gpu=workers_per_gpu,
+            models=model_ids,
+            monitor=not no_monitor,
+        ) as st:
             st.print_urls()
             st.wait()
     except (FramepoolError, ValueError) as exc:

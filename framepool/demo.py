@@ -57,6 +57,27 @@ def _camera_loop(
         stop.wait(max(0.0, next_at - time.monotonic()))
 
 
+def gpu_use(client: redis.Redis) -> str:
+    """Utilization and memory of each GPU, from the workers' heartbeats ("-" without GPUs)."""
+    try:
+        names = sorted(n.decode() for n in client.smembers(keys.WORKERS))
+        beats = client.mget([keys.worker_heartbeat(n) for n in names]) if names else []
+    except redis.RedisError:
+        return "?"
+    seen: dict[str, str] = {}
+    for raw in beats:
+        if not raw:
+            continue
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            for g in json.loads(raw).get("nvml", {}).get("gpus", []):
+                used, total = g.get("memory_used_mb"), g.get("memory_total_mb")
+                mem = f" {used / 1024:.1f}/{total / 1024:.0f} GB" if used and total else ""
+                seen[g.get("uuid") or str(g.get("index"))] = (
+                    f"gpu{g.get('index')} {g.get('utilization_percent', '?')}%{mem}"
+                )
+    return ", ".join(seen.values()) or "-"
+
+
 class _Stats:
     def __init__(self) -> None:
         self.done: deque[tuple[float, dict[str, Any]]] = deque(maxlen=5000)
@@ -68,7 +89,9 @@ class _Stats:
         self.total += 1
         self.by_status[result["status"]] = self.by_status.get(result["status"], 0) + 1
 
-    def table(self, depth: int, sent: int, refused: int, window: float = 5.0) -> Table:
+    def table(
+        self, depth: int, sent: int, refused: int, gpu: str = "-", window: float = 5.0
+    ) -> Table:
         now = time.monotonic()
         recent = [r for t, r in self.done if now - t <= window]
         lat = sorted(r["timings_ms"]["total"] for r in recent)
@@ -89,6 +112,7 @@ class _Stats:
             "results",
             "status",
             "device",
+            "GPU use",
         ):
             t.add_column(col)
         t.add_row(
@@ -101,6 +125,7 @@ class _Stats:
             str(self.total),
             " ".join(f"{k}={v}" for k, v in sorted(self.by_status.items())),
             ", ".join(devices) + ("  (no GPU: CPU worker)" if devices == ["cpu"] else ""),
+            gpu,
         )
         return t
 
@@ -143,6 +168,7 @@ def run_demo(
         stats = _Stats()
         console = Console()
         ends = time.monotonic() + duration if duration else float("inf")
+        gpu, gpu_at = "-", 0.0
         try:
             with Live(stats.table(0, 0, 0), refresh_per_second=2, console=console) as live:
                 while time.monotonic() < ends:
@@ -152,9 +178,16 @@ def run_demo(
                                 stats.add(json.loads(fields[b"result"]))
                                 last[stream.decode()] = entry_id
                     stack.supervisor.poll()
+                    for service in stack.services:
+                        service.poll()
+                    if time.monotonic() >= gpu_at:
+                        gpu, gpu_at = gpu_use(client), time.monotonic() + 2.0
                     live.update(
                         stats.table(
-                            producer.queue_depth(model_id), counters["sent"], counters["refused"]
+                            producer.queue_depth(model_id),
+                            counters["sent"],
+                            counters["refused"],
+                            gpu,
                         )
                     )
         except KeyboardInterrupt:

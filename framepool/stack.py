@@ -1,4 +1,7 @@
-"""``framepool up``: Redis (embedded if needed) plus supervised worker processes.
+"""``framepool up``: Redis (embedded if needed), supervised worker processes and the monitor.
+
+The monitor gets an ``API_TOKEN``: the one in the settings, or one generated
+for this run and printed with the URLs.
 
 Like the CLI, this launcher reaches into ``workers`` (for the supervisor) at
 call time; the rest of the core imports no other package.
@@ -6,9 +9,14 @@ call time; the rest of the core imports no other package.
 
 from __future__ import annotations
 
+import os
+import secrets
 import signal
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -31,9 +39,65 @@ def mask_url(url: str) -> str:
     return url
 
 
+class Service:
+    """A framepool service (``framepool <command>``) as a child process, restarted if it dies."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self._next_start = 0.0
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "framepool.cli", *self.argv],
+                env={**os.environ, **self.env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        log.info("service_started", service=self.name, pid=self.proc.pid)
+
+    def poll(self) -> None:
+        if self.proc is None or self.proc.poll() is None:
+            return
+        now = time.monotonic()
+        if self._next_start == 0.0:
+            delay = min(30.0, 2.0**self.restarts)
+            self._next_start = now + delay
+            log.warning(
+                "service_exited", service=self.name, exitcode=self.proc.returncode, restart_in_s=delay
+            )
+        elif now >= self._next_start:
+            self.restarts += 1
+            self._next_start = 0.0
+            self.start()
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
 class Stack:
     def __init__(
-        self, settings: Settings, *, gpus: str, workers_per_gpu: int, models: list[str]
+        self,
+        settings: Settings,
+        *,
+        gpus: str,
+        workers_per_gpu: int,
+        models: list[str],
+        monitor: bool = True,
     ) -> None:
         from workers.supervisor import plan_workers
 
@@ -43,6 +107,9 @@ class Stack:
         self.redis_url = settings.redis_url
         self.embedded: EmbeddedRedis | None = None
         self.supervisor: Any = None
+        self.services: list[Service] = []
+        self.monitor = monitor
+        self.api_token = settings.api_token or secrets.token_urlsafe(18)
         self._stop = False
 
     def __enter__(self) -> Stack:
@@ -56,6 +123,11 @@ class Stack:
         env = {"REDIS_URL": self.redis_url, "LOG_FORMAT": "json"}
         self.supervisor = Supervisor(self.specs, env=env, log_dir=str(data_dir / "logs"))
         self.supervisor.start()
+        if self.monitor:
+            svc_env = {**env, "API_TOKEN": self.api_token, "LOG_FORMAT": "json"}
+            service = Service("monitor", ["monitor"], svc_env, data_dir / "logs")
+            service.start()
+            self.services.append(service)
         signal.signal(signal.SIGTERM, self._on_signal)
         return self
 
@@ -66,6 +138,11 @@ class Stack:
         print(f"redis    {mask_url(self.redis_url)}" + ("  (embedded)" if self.embedded else ""))
         for spec in self.specs:
             print(f"worker   {spec.name}  device={spec.device}  models={','.join(spec.models)}")
+        if self.monitor:
+            host, port = self.settings.server_host, self.settings.monitor_port
+            print(f"monitor  http://{host}:{port}/?token={self.api_token}  (dashboard)")
+            print(f"metrics  http://{host}:{port}/metrics   API docs http://{host}:{port}/docs")
+            print(f"token    {self.api_token}  (Authorization: Bearer …, or ?token=)")
         print(f"logs     {self.settings.data_dir / 'logs'}")
 
     def wait_ready(self, timeout: float = 120.0) -> bool:
@@ -86,6 +163,8 @@ class Stack:
     def wait(self) -> None:
         while not self._stop:
             self.supervisor.poll()
+            for service in self.services:
+                service.poll()
             if self.supervisor.gave_up:
                 log.error(
                     "stack_stopping", reason="worker gave up", workers=self.supervisor.gave_up
@@ -96,6 +175,8 @@ class Stack:
     def __exit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        for service in self.services:
+            service.stop()
         if self.supervisor is not None:
             self.supervisor.stop()
         if self.embedded is not None:

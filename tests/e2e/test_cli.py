@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from framepool import codec
@@ -107,10 +108,12 @@ def test_submit_wait_and_results(redis_url: str, image_file: Path, start_worker)
 
 def test_demo_runs_without_a_gpu_and_leaves_nothing_running(tmp_path: Path) -> None:
     port = free_port()
+    monitor_port = free_port()
     env = {
         "REDIS_URL": f"redis://127.0.0.1:{port}/0",
         "DATA_DIR": str(tmp_path / "fp"),
         "COLUMNS": "200",
+        "MONITOR_PORT": str(monitor_port),
     }
     out = cli(
         "demo",
@@ -131,6 +134,11 @@ def test_demo_runs_without_a_gpu_and_leaves_nothing_running(tmp_path: Path) -> N
     sent, results = int(summary.group(1)), int(summary.group(2))
     assert sent > 50 and results > 50 and "ok=" in summary.group(3)
     assert "(embedded)" in out.stdout and "cpu-1@" in out.stdout
+    assert f"http://127.0.0.1:{monitor_port}/?token=" in out.stdout
+    monitor_log = (tmp_path / "fp" / "logs" / "monitor.log").read_text()
+    assert "monitor_started" in monitor_log
+    with pytest.raises(httpx.ConnectError):  # the monitor was stopped too
+        httpx.get(f"http://127.0.0.1:{monitor_port}/ready", timeout=2)
     assert not ping(f"redis://127.0.0.1:{port}/0")  # embedded Redis stopped
     assert (tmp_path / "fp" / "redis" / "appendonlydir").exists() or any(
         (tmp_path / "fp" / "redis").glob("appendonly*")
