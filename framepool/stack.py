@@ -71,7 +71,10 @@ class Service:
             delay = min(30.0, 2.0**self.restarts)
             self._next_start = now + delay
             log.warning(
-                "service_exited", service=self.name, exitcode=self.proc.returncode, restart_in_s=delay
+                "service_exited",
+                service=self.name,
+                exitcode=self.proc.returncode,
+                restart_in_s=delay,
             )
         elif now >= self._next_start:
             self.restarts += 1
