@@ -261,6 +261,7 @@ class FrameProducer:
         try:
             with self.app.producer_or_acquire() as producer, _maybe_batch(producer, len(items)):
                 for item in items:
+                    item.meta["enqueued_at"] = time.time()  # after the depth check's round trip
                     self.app.send_task(
                         keys.INFER_TASK,
                         args=(item.data, item.meta),

@@ -211,13 +211,13 @@ class ModelRunner:
         if self.health is not None and batch.items:
             errors = sum(1 for r in results if r["status"] == Status.error.value)
             self.health.record(ok=len(batch.items) - errors, errors=errors)
-        try:
-            self.finish(results)
-        finally:
-            for job, result in done:
-                job.future.set_result(result)
-            with self._lock:
-                self.in_flight -= len(done)
+        # Release the task threads first: the stream write is a Redis round trip
+        # they need not wait for (the result backend gets each result from its task).
+        for job, result in done:
+            job.future.set_result(result)
+        with self._lock:
+            self.in_flight -= len(done)
+        self.finish(results)
 
     def _infer_batch(self, jobs: list[FrameJob]) -> Done:
         """One batch from the queue, under the profiler when it is this batch's turn."""

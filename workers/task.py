@@ -19,6 +19,8 @@ def register_infer_task(app: Celery, runtime: WorkerRuntime) -> Task:
         acks_late=True,
         reject_on_worker_lost=True,
         ignore_result=False,
+        # the task-succeeded event carries repr(result); Flower needs a glimpse, not all of it
+        resultrepr_maxsize=96,
     )
     def infer(self: Task, frame: bytes, meta: dict[str, Any]) -> dict[str, Any]:
         request = self.request

@@ -59,9 +59,15 @@ def wait_for(fn, timeout: float = 30.0, every: float = 0.1):  # type: ignore[no-
     raise TimeoutError(f"condition not met in {timeout}s")
 
 
-def stream_job_ids(redis_url: str, camera: str) -> Counter[str]:
-    entries = redis.Redis.from_url(redis_url).xrange(keys.result_stream(camera))
-    return Counter(fields[b"job_id"].decode() for _, fields in entries)
+def stream_job_ids(redis_url: str, camera: str, expect: int) -> Counter[str]:
+    """Job ids on a camera's stream, once ``expect`` entries are there (or after 5 s)."""
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + 5  # the stream is written just after the results
+    while True:
+        entries = client.xrange(keys.result_stream(camera))
+        if len(entries) >= expect or time.monotonic() > deadline:
+            return Counter(fields[b"job_id"].decode() for _, fields in entries)
+        time.sleep(0.05)
 
 
 def test_a_model_that_fails_to_load_does_not_stop_the_others(
@@ -130,7 +136,7 @@ def test_oom_above_batch_k_still_answers_every_frame(
     faulty = hb["models"]["faulty"]
     assert faulty["stats"]["oom_splits"] >= 1 and faulty["batch_cap"]["ooms"] >= 1
     assert faulty["batch_cap"]["current"] < faulty["batch_cap"]["limit"]
-    assert sum(stream_job_ids(redis_url, "oom").values()) == 41
+    assert sum(stream_job_ids(redis_url, "oom", 41).values()) == 41
 
 
 def test_sticky_cuda_error_exits_non_zero_and_a_new_worker_finishes_the_frames(
@@ -161,7 +167,7 @@ def test_sticky_cuda_error_exits_non_zero_and_a_new_worker_finishes_the_frames(
     assert [r.status for r in results] == ["ok"] * 20
     assert [r.seq for r in results] == list(range(20))
     assert results[5].worker == "healthy@test"
-    counts = stream_job_ids(redis_url, "st")
+    counts = stream_job_ids(redis_url, "st", 20)
     assert set(counts) == {h.job_id for h in handles} and set(counts.values()) == {1}
 
 

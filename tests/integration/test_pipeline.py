@@ -11,6 +11,7 @@ correlation id.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 
 import redis
@@ -98,9 +99,14 @@ def test_500_frames_from_4_cameras_each_get_their_own_result(
     # every result is also on its camera's stream
     client = redis.Redis.from_url(settings.redis_url)
     for cam in cams:
-        entries = client.xrange(keys.result_stream(cam.camera_id))
-        on_stream = {json.loads(f[b"result"])["job_id"] for _, f in entries}
         expected = {r.job_id for r in results if r.camera_id == cam.camera_id}
+        deadline = time.monotonic() + 5  # the stream is written just after the result
+        while True:
+            entries = client.xrange(keys.result_stream(cam.camera_id))
+            on_stream = {json.loads(f[b"result"])["job_id"] for _, f in entries}
+            if on_stream == expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert on_stream == expected
 
     # the worker's JSON log lines for each frame carry its correlation id
