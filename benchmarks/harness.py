@@ -116,6 +116,64 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+# ---------------------------------------------------------------------- CPU time
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of process ``pid`` (10 ms ticks)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return float("nan")
+    fields = text[text.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (all CPUs, from /proc/stat)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return float("nan")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+# ------------------------------------------------------------------- the docs
+def update_doc_section(
+    path: Path,
+    marks: tuple[str, str, str, str],
+    intro: str,
+    latest: str,
+    history_header: str,
+    history_row: str,
+) -> None:
+    """Rewrite one benchmark's *latest* block and append a row to its *history* table.
+
+    ``marks`` are the four HTML comments (latest begin/end, history begin/end).
+    The first time, ``intro`` (which must hold all four) is appended to the file;
+    nothing outside the markers is touched afterwards.
+    """
+    begin, end, hist_begin, hist_end = marks
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    if not all(m in text for m in marks):
+        text = text.rstrip("\n") + "\n" + intro
+    text = re.sub(
+        re.escape(begin) + r".*?" + re.escape(end),
+        lambda _: f"{begin}\n{latest}\n{end}",
+        text,
+        flags=re.DOTALL,
+    )
+    head, rest = text.split(hist_begin, 1)
+    table, tail = rest.split(hist_end, 1)
+    lines = [ln for ln in table.strip("\n").splitlines() if ln.strip()]
+    if not lines or not lines[0].startswith("| date"):
+        lines = history_header.splitlines() + lines
+    lines.append(history_row)
+    text = f"{head}{hist_begin}\n" + "\n".join(lines) + f"\n{hist_end}{tail}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
 # -------------------------------------------------------------------- processes
 @dataclass
 class Child:

@@ -24,7 +24,6 @@ import contextlib
 import datetime as dt
 import gc
 import json
-import os
 import re
 import resource
 import sys
@@ -51,6 +50,8 @@ from benchmarks.harness import (
     steady_rate,
     test_frames,
 )
+from benchmarks.harness import machine_busy_s as _machine_busy
+from benchmarks.harness import proc_cpu_s as _proc_cpu
 from framepool import keys
 from framepool.errors import ResultTimeout
 from framepool.settings import Settings
@@ -83,30 +84,9 @@ GOALS = {
 
 
 # ------------------------------------------------------------------ CPU time
-def _proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system, all threads) of process ``pid``."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return float("nan")
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _self_cpu() -> float:
     ru = resource.getrusage(resource.RUSAGE_SELF)
     return ru.ru_utime + ru.ru_stime
-
-
-def _machine_busy() -> float:
-    """CPU seconds the whole machine has been busy (all CPUs, from /proc/stat)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return float("nan")
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass

@@ -207,19 +207,50 @@ def monitor(port: int | None) -> None:
     configure_logging(settings)
     import uvicorn
 
-    from monitoring.app import create_app
+    from monitoring.app import configure_gc, create_app
 
     click.echo(
         f"framepool monitor on http://{settings.server_host}:{settings.monitor_port}/ "
         f"(metrics /metrics, API /docs)",
         err=True,
     )
+    app = create_app(settings)
+    configure_gc()
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.server_host,
         port=settings.monitor_port,
         log_level="warning",
         access_log=False,
+    )
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="[SERVER_PORT]")
+def gateway(port: int | None) -> None:
+    """The HTTP gateway: /inference, /v1/frames, /v1/jobs, /capabilities, /health, /metrics."""
+    settings = _settings()
+    if port is not None:
+        settings = settings.model_copy(update={"server_port": port})
+    from framepool.log import configure_logging
+
+    configure_logging(settings)
+    import uvicorn
+
+    from producer.gateway import create_gateway
+
+    click.echo(
+        f"framepool gateway on http://{settings.server_host}:{settings.server_port}/ "
+        f"(POST /inference, /v1/frames/<model>; API /docs)",
+        err=True,
+    )
+    uvicorn.run(
+        create_gateway(settings),
+        host=settings.server_host,
+        port=settings.server_port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=10,  # callers waiting on results do not hold a stop
     )
 
 
@@ -315,6 +346,7 @@ def up(
             workers_per_gpu=workers_per_gpu,
             models=model_ids,
             monitor=not no_monitor,
+            gateway=not no_gateway,
         ) as st:
             st.print_urls()
             st.wait()
@@ -359,6 +391,22 @@ def bench_pipeline(frames: int, repeats: int, out: str) -> None:
 
     started = time.time()
     sys.exit(run(frames=frames, repeats=repeats, out=Path(out), started=started))
+
+
+@bench.command(name="monitor")
+@click.option("--duration", default=30.0, show_default=True, type=click.FloatRange(5),
+              help="seconds per CPU window")  # fmt: skip
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1),
+              help="CPU windows")  # fmt: skip
+@click.option("--reads", default=30, show_default=True, type=click.IntRange(3),
+              help="timed read() calls")  # fmt: skip
+@click.option("--out", default="benchmarks/results/monitor.json", show_default=True)
+def bench_monitor(duration: float, repeats: int, reads: int, out: str) -> None:
+    """The monitor with 32 workers x 5 models: read() and /metrics time, CPU per second."""
+    from benchmarks.monitor import main as run
+
+    started = time.time()
+    sys.exit(run(duration=duration, repeats=repeats, reads=reads, out=Path(out), started=started))
 
 
 @bench.command(name="models")

@@ -42,6 +42,12 @@ def dropped_counter(model_id: str) -> str:
     return f"{PREFIX}:dropped:{model_id}"
 
 
+def gateway_job(job_id: str) -> str:
+    """JSON of a job the HTTP gateway enqueued (model, camera, seq, correlation id),
+    kept for RESULT_TTL_SECONDS: tells a pending job from an unknown one."""
+    return f"{PREFIX}:job:{job_id}"
+
+
 #: Set of worker names that have ever sent a heartbeat (members expire lazily:
 #: a name whose heartbeat key is gone is a worker that has stopped or died).
 WORKERS = f"{PREFIX}:workers"

@@ -1,7 +1,7 @@
-"""``framepool up``: Redis (embedded if needed), supervised worker processes and the monitor.
+"""``framepool up``: Redis (embedded if needed), supervised workers, the monitor and the gateway.
 
-The monitor gets an ``API_TOKEN``: the one in the settings, or one generated
-for this run and printed with the URLs.
+The monitor and the gateway get an ``API_TOKEN``: the one in the settings, or
+one generated for this run and printed with the URLs.
 
 Like the CLI, this launcher reaches into ``workers`` (for the supervisor) at
 call time; the rest of the core imports no other package.
@@ -101,6 +101,7 @@ class Stack:
         workers_per_gpu: int,
         models: list[str],
         monitor: bool = True,
+        gateway: bool = True,
     ) -> None:
         from workers.supervisor import plan_workers
 
@@ -112,6 +113,7 @@ class Stack:
         self.supervisor: Any = None
         self.services: list[Service] = []
         self.monitor = monitor
+        self.gateway = gateway
         self.api_token = settings.api_token or secrets.token_urlsafe(18)
         self._stop = False
 
@@ -126,11 +128,12 @@ class Stack:
         env = {"REDIS_URL": self.redis_url, "LOG_FORMAT": "json"}
         self.supervisor = Supervisor(self.specs, env=env, log_dir=str(data_dir / "logs"))
         self.supervisor.start()
-        if self.monitor:
-            svc_env = {**env, "API_TOKEN": self.api_token, "LOG_FORMAT": "json"}
-            service = Service("monitor", ["monitor"], svc_env, data_dir / "logs")
-            service.start()
-            self.services.append(service)
+        svc_env = {**env, "API_TOKEN": self.api_token, "LOG_FORMAT": "json"}
+        for name, wanted in (("monitor", self.monitor), ("gateway", self.gateway)):
+            if wanted:
+                service = Service(name, [name], svc_env, data_dir / "logs")
+                service.start()
+                self.services.append(service)
         signal.signal(signal.SIGTERM, self._on_signal)
         return self
 
@@ -145,6 +148,10 @@ class Stack:
             host, port = self.settings.server_host, self.settings.monitor_port
             print(f"monitor  http://{host}:{port}/?token={self.api_token}  (dashboard)")
             print(f"metrics  http://{host}:{port}/metrics   API docs http://{host}:{port}/docs")
+        if self.gateway:
+            host, port = self.settings.server_host, self.settings.server_port
+            print(f"gateway  http://{host}:{port}/inference  (POST frames; /docs)")
+        if self.monitor or self.gateway:
             print(f"token    {self.api_token}  (Authorization: Bearer …, or ?token=)")
         print(f"logs     {self.settings.data_dir / 'logs'}")
 

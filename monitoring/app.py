@@ -3,13 +3,15 @@
 One monitor sees every worker on every host because it reads Redis only: a
 poller takes a :class:`ClusterSnapshot` every ``MONITOR_POLL_INTERVAL_SECONDS``
 (heartbeats, queues, drops), evaluates the alert rules on it and pushes one
-``gpu_metrics`` message to the WebSocket clients. Every endpoint answers from
-the latest snapshot, so a scrape or a page view never waits on Redis.
+``gpu_metrics`` message to the WebSocket clients (built only while one is
+connected). Every endpoint answers from the latest snapshot, so a scrape or a
+page view never waits on Redis; /metrics is rendered once per snapshot.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -28,12 +30,32 @@ from monitoring import responses as views
 from monitoring.alerts import Alert, AlertEngine
 from monitoring.auth import RateLimiter, needs_token, presented_token, token_ok
 from monitoring.cluster import ClusterReader, ClusterSnapshot
-from monitoring.collector import FramepoolCollector, render
+from monitoring.collector import FramepoolCollector
+from monitoring.rates import RateTracker
 from monitoring.stream import StreamHub
 
 log = get_logger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
+#: Container objects allocated (net) between two young-generation collections in the
+#: monitor's process; Python's default is 700.
+GC_GEN0_THRESHOLD = 10_000
+
+
+def configure_gc() -> None:
+    """Garbage-collector settings for the monitor's own process, once the app is built.
+
+    Every poll parses changed heartbeats and drops the previous snapshot: thousands
+    of lists and dicts that reference counting frees, with no cycles among them.
+    With Python's defaults the cyclic collector kept running over them and over
+    everything imported (FastAPI, pydantic, uvicorn), a third of the monitor's CPU
+    with 32 workers (docs/benchmarks.md, ``bench monitor``). So: what exists now
+    is frozen out of its way (``gc.freeze``), and the young generation is
+    collected after :data:`GC_GEN0_THRESHOLD` new objects instead of 700.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 10, 10)
 
 
 class MonitorState:
@@ -45,6 +67,7 @@ class MonitorState:
         self.alerts = alerts
         self.snapshot: ClusterSnapshot | None = None
         self.previous: ClusterSnapshot | None = None
+        self.rates = RateTracker()
         self.started = time.monotonic()
         self.redis_ok = False
         self.polls = 0
@@ -53,8 +76,9 @@ class MonitorState:
             settings.ws_max_message_bytes,
             settings.ws_send_timeout_seconds,
         )
+        self.collector = FramepoolCollector(self.current, self.alerts.active)
         self.registry = CollectorRegistry()
-        self.registry.register(FramepoolCollector(self.current, self.alerts.active))
+        self.registry.register(self.collector)
 
     @property
     def uptime_s(self) -> float:
@@ -71,6 +95,7 @@ class MonitorState:
         snap = self.reader.read()
         changed = self.alerts.evaluate(snap)
         self.previous, self.snapshot = self.snapshot, snap
+        self.rates.update(snap)
         self.redis_ok = True
         self.polls += 1
         return changed
@@ -95,13 +120,25 @@ class MonitorState:
             if failures:
                 log.info("monitor_redis_recovered", after_failures=failures)
             failures = 0
-            assert self.snapshot is not None
-            active = [a.to_dict() for a in self.alerts.active()]
-            message = views.stream_message(
-                self.snapshot, self.previous, [a.to_dict() for a in changed], active
-            )
-            self.hub.broadcast(message)
+            self.hub.publish(self._message_builder(changed))
             await asyncio.sleep(delay)
+
+    def _message_builder(self, changed: list[Alert]) -> Callable[[], dict[str, Any]]:
+        """What builds this poll's WebSocket message (only if some client wants it)."""
+        snap = self.snapshot
+        assert snap is not None
+        changed_dicts = [a.to_dict() for a in changed]
+
+        def build() -> dict[str, Any]:
+            active = [a.to_dict() for a in self.alerts.active()]
+            return views.stream_message(snap, self.rates, changed_dicts, active)
+
+        return build
+
+    def metrics(self) -> bytes:
+        """/metrics: the latest snapshot's exposition (written once per snapshot and alerts)."""
+        self.current()
+        return self.collector.text()
 
 
 def create_app(
@@ -175,8 +212,11 @@ def create_app(
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
-        snap()
-        return Response(render(state.registry), media_type=CONTENT_TYPE_LATEST)
+        try:
+            body = state.metrics()
+        except redis.RedisError as exc:
+            raise _Unavailable(str(exc)) from exc
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/health")
     def health(verbose: bool = False) -> JSONResponse:
@@ -255,8 +295,6 @@ def create_app(
     @app.get("/api/v1/models")
     def models() -> dict[str, Any]:
         s = snap()
-        prev = state.previous
-        dt = s.taken_at - prev.taken_at if prev else 0.0
         return {
             "timestamp": views.iso(s.taken_at),
             "models": [
@@ -264,9 +302,9 @@ def create_app(
                     "model_id": m.model_id,
                     "versions": m.versions,
                     "workers": m.states,
-                    **views.model_rates(m, prev.models.get(mid) if prev else None, dt),
+                    **views.model_rates(m, state.rates),
                 }
-                for mid, m in s.models.items()
+                for m in s.models.values()
             ],
         }
 

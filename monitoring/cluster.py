@@ -3,10 +3,14 @@
 Each :meth:`ClusterReader.read`:
 
 1. ``SMEMBERS`` of ``keys.WORKERS`` and ``keys.SERVED_MODELS`` (one pipeline);
-2. one ``MGET`` of every worker's heartbeat key, plus for every model known so far
-   (served models and manifests under ``MODELS_ROOT``) ``LLEN`` and ``LINDEX -1`` of
-   each of its queue lists and ``HGETALL`` of its drop counter (one pipeline);
-3. only when a heartbeat names a model not known yet, the same queue commands for it.
+2. ``GETRANGE`` of the first 2 KB of every worker's heartbeat key, plus for every
+   model known so far (served models and manifests under ``MODELS_ROOT``) ``LLEN``
+   and ``LINDEX -1`` of each of its queue lists and ``HGETALL`` of its drop counter
+   (one pipeline);
+3. one ``MGET`` of the heartbeats that changed since the last read (a heartbeat
+   whose first bytes, which hold its ``updated_at``, are unchanged is not fetched
+   or parsed again: :mod:`monitoring.heartbeat_cache`);
+4. only when a heartbeat names a model not known yet, the same queue commands for it.
 
 A name in ``keys.WORKERS`` whose heartbeat key has expired is listed in
 ``snapshot.gone``; the reader notes when it first saw it gone and removes it from
@@ -15,6 +19,9 @@ monitor starts counting again, so it lists such a name for up to another 10
 minutes). Garbage under any key never raises (bad heartbeat JSON gives a worker
 in state ``invalid``; an unreadable queue message gives no age); an unreachable
 Redis raises ``redis.RedisError`` for the caller to report.
+
+Views of unchanged heartbeats, and the merged kernel tables when no worker's kernel
+rows changed, are shared with the previous snapshot: treat snapshots as read-only.
 
 The views and helpers are defined in :mod:`monitoring.cluster_views`,
 :mod:`monitoring.cluster_build` and :mod:`monitoring.histograms` and exported here.
@@ -37,7 +44,6 @@ from monitoring.cluster_build import (
     build_devices,
     build_models,
     device_key,
-    parse_worker,
 )
 from monitoring.cluster_views import (
     ClusterSnapshot,
@@ -46,8 +52,15 @@ from monitoring.cluster_views import (
     QueueView,
     WorkerView,
 )
+from monitoring.heartbeat_cache import PREFIX_BYTES, HeartbeatCache
 from monitoring.histograms import quantile_ms
-from monitoring.queues import add_queue_commands, commands_per_model, parse_queue_replies
+from monitoring.queues import (
+    StampMemo,
+    add_queue_commands,
+    commands_per_model,
+    parse_queue_replies,
+)
+from monitoring.retired import RetiredHistograms
 
 __all__ = [
     "STATE_ORDER",
@@ -89,6 +102,12 @@ class ClusterReader:
         self._gone_since: dict[str, float] = {}
         self._manifests: set[str] = set()
         self._manifests_at: float | None = None
+        self._heartbeats = HeartbeatCache()
+        self._retired = RetiredHistograms()
+        self._stamps: StampMemo = {}
+        self._merged_at: dict[str, float] = {}  # model -> snapshot time its histograms were summed
+        self._kernel_inputs: list[tuple[str, str, Any]] = []
+        self._kernel_cache: dict[Any, Any] = {}
 
     def read(self) -> ClusterSnapshot:
         now = self.clock()
@@ -100,17 +119,16 @@ class ClusterReader:
         candidates = sorted(_members(served_reply) | self._manifest_ids(now))
 
         pipe = self.client.pipeline(transaction=False)
-        if names:
-            pipe.mget([keys.worker_heartbeat(n) for n in names])
+        for name in names:
+            pipe.getrange(keys.worker_heartbeat(name), 0, PREFIX_BYTES - 1)
         for model_id in candidates:
             add_queue_commands(pipe, model_id)
         replies = pipe.execute(raise_on_error=False) if len(pipe) else []
-        values = replies.pop(0) if names else []
-        if not isinstance(values, list) or len(values) != len(names):
-            values = [None] * len(names)
+        views = self._heartbeat_views(names, replies[: len(names)], now)
+        replies = replies[len(names) :]
 
-        workers = [parse_worker(n, v, now) for n, v in zip(names, values, strict=True) if v]
-        gone = [n for n, v in zip(names, values, strict=True) if not v]
+        workers = [v for v in views if v is not None]
+        gone = [n for n, v in zip(names, views, strict=True) if v is None]
         extra = sorted({m for w in workers for m in w.models} - set(candidates))
         if extra:
             pipe = self.client.pipeline(transaction=False)
@@ -123,7 +141,7 @@ class ClusterReader:
         at = 0
         for model_id in known:
             n = commands_per_model(model_id)
-            reading = parse_queue_replies(model_id, replies[at : at + n])
+            reading = parse_queue_replies(model_id, replies[at : at + n], self._stamps)
             at += n
             oldest = reading.oldest_enqueued_at
             queues[model_id] = QueueView(
@@ -134,15 +152,53 @@ class ClusterReader:
                 dropped=reading.dropped,
             )
         devices = build_devices(workers)
-        return ClusterSnapshot(
+        snap = ClusterSnapshot(
             taken_at=now,
             workers=workers,
             gone=self._track_gone(gone, now),
             queues=dict(sorted(queues.items())),
             devices=devices,
-            models=build_models(workers, known),
+            models=build_models(workers, known, self._merged_at, now),
             gpu_available=any(d.has_reading for d in devices),
+            retired=self._retired.update(workers),
         )
+        snap._kernel_cache = self._kernel_cache_for(workers)
+        return snap
+
+    def _heartbeat_views(
+        self, names: list[str], prefixes: list[Any], now: float
+    ) -> list[WorkerView | None]:
+        """A view per name (``None``: no heartbeat); fetches and parses only changed ones."""
+        views: list[WorkerView | None] = [None] * len(names)
+        fetch: list[int] = []
+        for i, (name, prefix) in enumerate(zip(names, prefixes, strict=True)):
+            if isinstance(prefix, str):
+                prefix = prefix.encode()
+            if not isinstance(prefix, bytes) or not prefix:
+                continue  # expired (or not a string key)
+            views[i] = self._heartbeats.current(name, prefix, now)
+            if views[i] is None:
+                fetch.append(i)
+        if fetch:
+            values = self.client.mget([keys.worker_heartbeat(names[i]) for i in fetch])
+            for i, value in zip(fetch, values, strict=True):
+                views[i] = self._heartbeats.parse(names[i], value, now) if value else None
+        self._heartbeats.keep(n for n, v in zip(names, views, strict=True) if v is not None)
+        return views
+
+    def _kernel_cache_for(self, workers: list[WorkerView]) -> dict[Any, Any]:
+        """The previous snapshot's merged kernel tables while every worker's kernel rows are
+        the very lists it merged (a heartbeat with unchanged rows reuses its list), else new."""
+        inputs = [(w.name, m, e.get("kernels")) for w in workers for m, e in w.models.items()]
+        before = self._kernel_inputs
+        same = len(inputs) == len(before) and all(
+            a[:2] == b[:2] and (a[2] is b[2] or (not a[2] and not b[2]))
+            for a, b in zip(inputs, before, strict=True)
+        )
+        if not same:
+            self._kernel_cache = {}
+        self._kernel_inputs = inputs  # holds the lists, so their ids stay theirs
+        return self._kernel_cache
 
     def _manifest_ids(self, now: float) -> set[str]:
         at = self._manifests_at

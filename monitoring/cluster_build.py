@@ -10,7 +10,8 @@ counters and histograms over the workers that serve each model.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 from monitoring import histograms
@@ -166,38 +167,132 @@ def build_devices(workers: Iterable[WorkerView]) -> list[DeviceView]:
     return [devices[k] for k in sorted(devices)]
 
 
-def build_models(workers: Iterable[WorkerView], known: Iterable[str]) -> dict[str, ModelView]:
-    """Every known model (``state="absent"`` without a worker) and every model a worker serves."""
+#: A model whose histograms were summed this many seconds ago or less is summed from
+#: per-heartbeat compact histograms (see :func:`_merged`).
+HOT_S = 5.0
+
+
+def build_models(
+    workers: Iterable[WorkerView],
+    known: Iterable[str],
+    merged_at: MutableMapping[str, float] | None = None,
+    now: float = 0.0,
+) -> dict[str, ModelView]:
+    """Every known model (``state="absent"`` without a worker) and every model a worker serves.
+
+    Their histograms are summed when first read. ``merged_at`` (model -> when its were
+    last summed, kept by the caller across snapshots taken at ``now``) picks how."""
     grouped: dict[str, list[tuple[WorkerView, dict[str, Any]]]] = {m: [] for m in known}
     for w in workers:
         for model_id, entry in w.models.items():
             grouped.setdefault(model_id, []).append((w, entry))
-    return {m: _model(m, grouped[m]) for m in sorted(grouped)}
+    return {m: _model(m, grouped[m], merged_at, now) for m in sorted(grouped)}
 
 
-def _model(model_id: str, served: list[tuple[WorkerView, dict[str, Any]]]) -> ModelView:
+def model_hists(w: WorkerView, model_id: str) -> dict[str, Any]:
+    """The worker's histograms of one model as :class:`~monitoring.histograms.Compact`:
+    ``timings_ms`` (stage -> histogram), ``batch_size_hist``, ``frame_size_bytes``;
+    computed once per heartbeat (kept in ``w.memo``)."""
+    key = ("hists", model_id)  # _merged looks for it
+    found = w.memo.get(key)
+    if found is None:
+        stats = _dict(_dict(w.models.get(model_id)).get("stats"))
+        found = {
+            "timings_ms": {
+                str(stage): histograms.compact(h)
+                for stage, h in _dict(stats.get("timings_ms")).items()
+            },
+            "batch_size_hist": histograms.compact(stats.get("batch_size_hist")),
+            "frame_size_bytes": histograms.compact(stats.get("frame_size_bytes")),
+        }
+        w.memo[key] = found
+    return found
+
+
+def _numbers(w: WorkerView, model_id: str, entry: dict[str, Any]) -> tuple[int, ...]:
+    """The worker's COUNTERS and in_flight for one model (kept per heartbeat in ``w.memo``)."""
+    key = ("numbers", model_id)
+    found = w.memo.get(key)
+    if found is None:
+        stats = _dict(entry.get("stats"))
+        found = (*(_int(stats.get(c)) for c in COUNTERS), _int(entry.get("in_flight")))
+        w.memo[key] = found
+    return found
+
+
+def _model(
+    model_id: str,
+    served: list[tuple[WorkerView, dict[str, Any]]],
+    merged_at: MutableMapping[str, float] | None,
+    now: float,
+) -> ModelView:
     states = {w.name: _str(e.get("state"), "unknown") for w, e in served}
-    stats = [_dict(e.get("stats")) for _, e in served]
-    stages: dict[str, list[Any]] = {}
-    for s in stats:
-        for stage, h in _dict(s.get("timings_ms")).items():
-            stages.setdefault(str(stage), []).append(h)
     best = max(states.values(), key=lambda s: _RANK.get(s, 0), default="absent")
     versions = {v for _, e in served if isinstance(v := e.get("version"), str)}
-    total = {c: sum(_int(s.get(c)) for s in stats) for c in COUNTERS}
+    numbers = [_numbers(w, model_id, e) for w, e in served]
+    frames, ok, errors, expired, batches, in_flight = (
+        map(sum, zip(*numbers, strict=True)) if numbers else (0,) * 6
+    )
     return ModelView(
         model_id=model_id,
         versions=sorted(versions),
         states=states,
         state=best,
-        frames=total["frames"],
-        ok=total["ok"],
-        errors=total["errors"],
-        expired=total["expired"],
-        batches=total["batches"],
-        in_flight=sum(_int(e.get("in_flight")) for _, e in served),
-        timings_ms={stage: histograms.merge(hs) for stage, hs in sorted(stages.items())},
-        batch_size_hist=histograms.merge(s.get("batch_size_hist") for s in stats),
-        frame_size_bytes=histograms.merge(s.get("frame_size_bytes") for s in stats),
+        frames=frames,
+        ok=ok,
+        errors=errors,
+        expired=expired,
+        batches=batches,
+        in_flight=in_flight,
         workers=[w.name for w, _ in served],
+        histograms=lambda: _merged(model_id, served, merged_at, now),
     )
+
+
+def _merged(
+    model_id: str,
+    served: list[tuple[WorkerView, dict[str, Any]]],
+    merged_at: MutableMapping[str, float] | None,
+    now: float,
+) -> dict[str, Any]:
+    """The model's histograms summed over ``served``, one of two ways with the same result.
+
+    Wanted at every poll (a dashboard open; the last sum was at most :data:`HOT_S` ago),
+    most heartbeats are the same as a second ago: sum their compact histograms, kept
+    per heartbeat (``model_hists``), so only new heartbeats are compacted. Wanted by a
+    scrape every 15 s, nearly every heartbeat is new: sum them raw, all at once
+    (``merge_raw``), keeping nothing."""
+    hot = False
+    if merged_at is not None:
+        hot = 0.0 <= now - merged_at.get(model_id, -math.inf) <= HOT_S
+        merged_at[model_id] = now
+    if hot:
+        return merge_model_hists([model_hists(w, model_id) for w, _ in served])
+    return merge_stats([_dict(e.get("stats")) for _, e in served])
+
+
+def merge_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """A model's histograms summed over its workers' ``stats``: ``timings_ms`` (stage ->
+    histogram), ``batch_size_hist``, ``frame_size_bytes``."""
+    stages: dict[str, list[Any]] = {}
+    for s in stats:
+        for stage, h in _dict(s.get("timings_ms")).items():
+            stages.setdefault(str(stage), []).append(h)
+    return {
+        "timings_ms": {stage: histograms.merge_raw(hs) for stage, hs in sorted(stages.items())},
+        "batch_size_hist": histograms.merge_raw([s.get("batch_size_hist") for s in stats]),
+        "frame_size_bytes": histograms.merge_raw([s.get("frame_size_bytes") for s in stats]),
+    }
+
+
+def merge_model_hists(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sum of several :func:`model_hists` (``Compact`` in), as ``Hist`` dicts."""
+    stages: dict[str, list[histograms.Compact]] = {}
+    for h in parts:
+        for stage, part in h["timings_ms"].items():
+            stages.setdefault(stage, []).append(part)
+    return {
+        "timings_ms": {stage: histograms.merge_compact(ps) for stage, ps in sorted(stages.items())},
+        "batch_size_hist": histograms.merge_compact(h["batch_size_hist"] for h in parts),
+        "frame_size_bytes": histograms.merge_compact(h["frame_size_bytes"] for h in parts),
+    }

@@ -7,7 +7,8 @@ WebSocket stream all read. Import these names from ``monitoring.cluster``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 
@@ -27,11 +28,14 @@ class WorkerView:
     updated_at: float
     age_s: float
     raw: dict[str, Any]
+    #: What is derived from this heartbeat once (e.g. compact histograms), shared by
+    #: the copies the reader makes of an unchanged heartbeat's view.
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field but ``raw`` (its content is in the other fields)."""
-        d = asdict(self)
-        d.pop("raw")
+        """Every field but ``raw`` (its content is in the other fields) and ``memo``."""
+        d = asdict(replace(self, raw={}, memo={}))
+        del d["raw"], d["memo"]
         return d
 
 
@@ -83,9 +87,19 @@ class DeviceView:
         return {**asdict(self), "memory_percent": self.memory_percent}
 
 
+#: ModelView's histograms, which a ``histograms`` callable may fill on first use.
+HISTOGRAM_FIELDS = ("timings_ms", "batch_size_hist", "frame_size_bytes")
+
+
 @dataclass
 class ModelView:
-    """One model aggregated over live workers; ``state`` is the best of theirs."""
+    """One model aggregated over live workers; ``state`` is the best of theirs.
+
+    With ``histograms`` given, the three histogram fields are left unset and
+    filled from ``histograms()`` the first time one is read: summing 32 workers'
+    histograms is most of a snapshot's cost, and a poll reads none of them unless
+    a scrape, a dashboard or an API call does.
+    """
 
     model_id: str
     versions: list[str]
@@ -97,13 +111,30 @@ class ModelView:
     expired: int
     batches: int
     in_flight: int
-    timings_ms: dict[str, dict[str, Any]]
-    batch_size_hist: dict[str, Any]
-    frame_size_bytes: dict[str, Any]
-    workers: list[str]
+    timings_ms: dict[str, dict[str, Any]] = field(default_factory=dict)
+    batch_size_hist: dict[str, Any] = field(default_factory=dict)
+    frame_size_bytes: dict[str, Any] = field(default_factory=dict)
+    workers: list[str] = field(default_factory=list)
+    histograms: Callable[[], dict[str, Any]] | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.histograms is not None:
+            for name in HISTOGRAM_FIELDS:
+                delattr(self, name)  # __getattr__ fills them on first use
+
+    def __getattr__(self, name: str) -> Any:
+        build = self.__dict__.get("histograms")
+        if name not in HISTOGRAM_FIELDS or build is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        self.__dict__.update(build())
+        return self.__dict__[name]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(
+            replace(self, **{n: getattr(self, n) for n in HISTOGRAM_FIELDS}, histograms=None)
+        )
+        del d["histograms"]
+        return d
 
 
 @dataclass
@@ -115,6 +146,10 @@ class ClusterSnapshot:
     devices: list[DeviceView]
     models: dict[str, ModelView]
     gpu_available: bool  # any device with an NVML reading
+    #: Per model, the histograms of worker incarnations no longer live (``Hist`` form:
+    #: ``timings_ms``, ``batch_size_hist``, ``frame_size_bytes``), kept by the reader so
+    #: that per-model sums in /metrics never drop (:mod:`monitoring.retired`).
+    retired: dict[str, dict[str, Any]] = field(default_factory=dict)
     _kernel_cache: dict[tuple[str | None, str | None], list[dict[str, Any]]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )

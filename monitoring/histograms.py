@@ -10,15 +10,21 @@ turns garbage into a valid (possibly empty) histogram.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+import operator
+from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from typing import Any
+from itertools import chain, repeat
+from typing import Any, NamedTuple
 
 from prometheus_client.utils import floatToGoString
 
 Hist = dict[str, Any]
 _NUM = (int, float)
 _PAIR = (list, tuple)
+_NUMBERS = frozenset(_NUM)
+_LIST = frozenset({list})
+_TWO = frozenset({2})
+_first, _second = operator.itemgetter(0), operator.itemgetter(1)
 
 
 def empty() -> Hist:
@@ -67,10 +73,44 @@ def _int(value: float) -> int | float:
     return int(value) if value.is_integer() else value
 
 
-def _cumulative_at(buckets: list[list[Any]], le: float) -> float:
-    """Count of observations <= ``le`` as far as ``buckets`` tell (largest bound <= le)."""
+class Compact(NamedTuple):
+    """A clean histogram as tuples (quick to sum): bounds, cumulative counts, sum, count ``n``."""
+
+    bounds: tuple[float, ...]
+    counts: tuple[float, ...]
+    sum: float
+    n: int | float
+
+
+def compact(hist: Any) -> Compact:
+    """``clean(hist)`` as a :class:`Compact` (quick for a histogram that is clean already)."""
+    raw = hist.get("buckets") if type(hist) is dict else None
+    if type(raw) is list and set(map(type, raw)) <= _LIST and set(map(len, raw)) <= _TWO:
+        bounds, counts = tuple(map(_first, raw)), tuple(map(_second, raw))
+        if (
+            set(map(type, bounds)).union(map(type, counts)) <= _NUMBERS
+            and math.isfinite(sum(bounds) + sum(counts))
+            and all(map(operator.lt, bounds, bounds[1:]))
+            and all(map(operator.le, counts, counts[1:]))
+            and (not counts or counts[0] >= 0)
+        ):
+            total, count = _number(hist.get("sum")), _number(hist.get("count"))
+            last = counts[-1] if counts else 0
+            return Compact(
+                bounds,
+                counts,
+                total if total is not None else 0.0,
+                _int(float(max(last, count if count is not None and count > 0 else 0.0))),
+            )
+    h = clean(hist)
+    pairs = h["buckets"]
+    return Compact(tuple(b[0] for b in pairs), tuple(b[1] for b in pairs), h["sum"], h["count"])
+
+
+def _cumulative_at(part: Compact, le: float) -> float:
+    """Count of observations <= ``le`` as far as ``part`` tells (largest bound <= le)."""
     best = 0.0
-    for bound, n in buckets:
+    for bound, n in zip(part.bounds, part.counts, strict=True):
         if bound > le:
             break
         best = n
@@ -79,20 +119,72 @@ def _cumulative_at(buckets: list[list[Any]], le: float) -> float:
 
 def merge(hists: Iterable[Any]) -> Hist:
     """Sum of histograms; bounds are the union (exact when all share the same bounds)."""
-    parts = [clean(h) for h in hists]
-    parts = [p for p in parts if p["count"] or p["buckets"]]
-    if not parts:
+    return merge_compact(compact(h) for h in hists)
+
+
+def merge_compact(parts: Iterable[Compact]) -> Hist:
+    """:func:`merge` of histograms already made :func:`compact`."""
+    live = [p for p in parts if p.n or p.bounds]
+    if not live:
         return empty()
-    first = [b[0] for b in parts[0]["buckets"]]
-    if all([b[0] for b in p["buckets"]] == first for p in parts):
-        buckets = [[le, sum(p["buckets"][i][1] for p in parts)] for i, le in enumerate(first)]
+    first = live[0].bounds
+    if all(p.bounds == first for p in live):
+        counts: Iterable[float] = map(sum, zip(*(p.counts for p in live), strict=True))
+        bounds: Iterable[float] = first
     else:
-        bounds = sorted({b[0] for p in parts for b in p["buckets"]})
-        buckets = [[le, sum(_cumulative_at(p["buckets"], le) for p in parts)] for le in bounds]
+        bounds = sorted({le for p in live for le in p.bounds})
+        counts = [sum(_cumulative_at(p, le) for p in live) for le in bounds]
     return {
-        "buckets": [[le, _int(float(n))] for le, n in buckets],
-        "sum": round(sum(p["sum"] for p in parts), 6),
-        "count": sum(p["count"] for p in parts),
+        "buckets": [[le, _int(float(n))] for le, n in zip(bounds, counts, strict=False)],
+        "sum": round(sum(p.sum for p in live), 6),
+        "count": sum(p.n for p in live),
+    }
+
+
+def merge_raw(hists: Sequence[Any]) -> Hist:
+    """:func:`merge` of ``hists``; quicker when they are all clean and share their bounds
+    (what workers send), checked for all of them at once rather than one by one."""
+    quick = _merge_same_bounds(hists)
+    return quick if quick is not None else merge(hists)
+
+
+def _merge_same_bounds(hists: Sequence[Any]) -> Hist | None:
+    """The merge of clean histograms with the same non-empty bounds; ``None`` for any other."""
+    raws: list[Any] = [h.get("buckets") if type(h) is dict else None for h in hists]
+    if not raws or not set(map(type, raws)) <= _LIST:
+        return None
+    n = len(raws[0])
+    if n == 0 or set(map(len, raws)) != {n}:
+        return None
+    flat = list(chain.from_iterable(raws))
+    if not set(map(type, flat)) <= _LIST or not set(map(len, flat)) <= _TWO:
+        return None
+    bounds, counts = list(map(_first, flat)), list(map(_second, flat))
+    first = bounds[:n]
+    if (
+        not set(map(type, bounds)).union(map(type, counts)) <= _NUMBERS
+        or bounds != first * len(raws)
+        or not math.isfinite(sum(first) + sum(counts))
+        or not all(map(operator.lt, first, first[1:]))
+        or min(counts[::n]) < 0
+    ):
+        return None
+    rising = list(map(operator.le, counts, counts[1:]))
+    rising[n - 1 :: n] = [True] * len(rising[n - 1 :: n])  # one histogram to the next
+    if not all(rising):
+        return None
+    sums = [h.get("sum") for h in hists]
+    totals = [h.get("count") for h in hists]
+    if not set(map(type, sums)).union(map(type, totals)) <= _NUMBERS or not math.isfinite(
+        sum(sums) + sum(totals)
+    ):
+        return None
+    # as clean() makes them: a histogram's count is at least its last bucket's
+    observed = map(_int, map(float, map(max, counts[n - 1 :: n], totals, repeat(0.0))))
+    return {
+        "buckets": [[le, _int(float(sum(counts[i::n])))] for i, le in enumerate(first)],
+        "sum": round(sum(map(float, sums)), 6),
+        "count": sum(observed),
     }
 
 

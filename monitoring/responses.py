@@ -13,7 +13,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from monitoring.cluster import ClusterSnapshot, ModelView, quantile_ms
+from monitoring.cluster import ClusterSnapshot, ModelView
+from monitoring.rates import RateTracker
 
 SERVING = ("ready", "degraded")
 LOADED = ("ready", "degraded", "unhealthy")
@@ -162,42 +163,15 @@ def health(snap: ClusterSnapshot, runtime_id: str, verbose: bool) -> tuple[dict[
     return body, 503 if status == "unhealthy" else 200
 
 
-def _delta_hist(now: dict[str, Any] | None, before: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The histogram of what happened between two cumulative snapshots of it."""
-    if not now:
-        return None
-    if not before or before.get("count", 0) > now.get("count", 0):
-        return now
-    prev = {b: c for b, c in before.get("buckets", [])}
-    return {
-        "buckets": [[b, c - prev.get(b, 0)] for b, c in now.get("buckets", [])],
-        "sum": now.get("sum", 0) - before.get("sum", 0),
-        "count": now.get("count", 0) - before.get("count", 0),
-    }
-
-
-def model_rates(m: ModelView, prev: ModelView | None, dt: float) -> dict[str, Any]:
-    """Frames/s, recent p50/p99 and mean batch size of one model between two snapshots."""
-    frames_per_s = None
-    if prev is not None and dt > 0 and m.frames >= prev.frames:
-        frames_per_s = round((m.frames - prev.frames) / dt, 2)
-    total = _delta_hist(m.timings_ms.get("total"), prev.timings_ms.get("total") if prev else None)
-    batches = _delta_hist(m.batch_size_hist, prev.batch_size_hist if prev else None)
-    recent = total if total and total.get("count") else None
+def model_rates(m: ModelView, rates: RateTracker) -> dict[str, Any]:
+    """State and counters of one model, with its throughput and recent latency."""
     return {
         "state": m.state,
         "frames": m.frames,
         "errors": m.errors,
         "expired": m.expired,
         "in_flight": m.in_flight,
-        "frames_per_s": frames_per_s,
-        "p50_ms": quantile_ms(recent, 0.5) if recent else None,
-        "p99_ms": quantile_ms(recent, 0.99) if recent else None,
-        "batch_size_avg": (
-            round(batches["sum"] / batches["count"], 2)
-            if batches and batches.get("count")
-            else None
-        ),
+        **rates.model(m.model_id),
     }
 
 
@@ -232,13 +206,12 @@ def report(snap: ClusterSnapshot, uptime_s: float, active: list[dict[str, Any]])
 
 def stream_message(
     snap: ClusterSnapshot,
-    prev: ClusterSnapshot | None,
+    rates: RateTracker,
     changed_alerts: list[dict[str, Any]],
     active: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """The 1 Hz ``gpu_metrics`` message: the reference's fields plus devices, queues, alerts."""
     util, used, total = _gpu_totals(snap)
-    dt = snap.taken_at - prev.taken_at if prev is not None else 0.0
     kernels = sorted(snap.kernels(), key=lambda k: -k["total_time_ms"])
     recent = sorted(kernels, key=lambda k: k.get("last_execution") or "", reverse=True)[:5]
     return {
@@ -261,10 +234,7 @@ def stream_message(
             }
             for w in snap.workers
         ],
-        "models": {
-            mid: model_rates(m, prev.models.get(mid) if prev else None, dt)
-            for mid, m in snap.models.items()
-        },
+        "models": {mid: model_rates(m, rates) for mid, m in snap.models.items()},
         "queues": {
             mid: {"depth": q.depth, "oldest_age_s": q.oldest_age_s, "dropped": q.dropped}
             for mid, q in snap.queues.items()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +96,7 @@ class StreamHub:
         self.refused = 0
         self.dropped_slow = 0
         self.last: dict[str, Any] | None = None
+        self._build: Callable[[], dict[str, Any]] | None = None
 
     async def serve(self, ws: WebSocket) -> None:
         if len(self.clients) >= self.max_connections:
@@ -106,8 +108,8 @@ class StreamHub:
         client = _Client(ws)
         self.clients.add(client)
         sender = asyncio.create_task(self._send_loop(client))
-        if self.last is not None:
-            self._offer(client, self.last)
+        if (last := self.latest()) is not None:
+            self._offer(client, last)
         try:
             await self._receive_loop(client)
         finally:
@@ -131,8 +133,8 @@ class StreamHub:
                 continue
             subscribed = {k: sorted(v) for k, v in client.filters.items()}
             await self._send_now(client, {"type": "subscribed", "filters": subscribed})
-            if self.last is not None:
-                self._offer(client, self.last)
+            if (last := self.latest()) is not None:
+                self._offer(client, last)
 
     async def _send_now(self, client: _Client, message: dict[str, Any]) -> None:
         try:
@@ -168,10 +170,26 @@ class StreamHub:
 
     def broadcast(self, message: dict[str, Any]) -> None:
         """Queue ``message`` for every client (never waits on any of them)."""
-        self.last = message
+        self.last, self._build = message, None
         for client in list(self.clients):
             if not client.dropped:
                 self._offer(client, message)
+
+    def publish(self, build: Callable[[], dict[str, Any]]) -> None:
+        """:meth:`broadcast` ``build()``, built only once some client needs it: now when
+        one is connected, else when the next one connects (the monitor's 1 Hz message
+        costs nothing while nobody watches)."""
+        self.last, self._build = None, build
+        if self.clients:
+            message = self.latest()
+            assert message is not None
+            self.broadcast(message)
+
+    def latest(self) -> dict[str, Any] | None:
+        """The last message, built now if it was published but not built yet."""
+        if self.last is None and self._build is not None:
+            self.last, self._build = self._build(), None
+        return self.last
 
     def stats(self) -> dict[str, int]:
         return {"clients": len(self.clients), "refused": self.refused, "dropped": self.dropped_slow}

@@ -114,6 +114,7 @@ def test_demo_runs_without_a_gpu_and_leaves_nothing_running(tmp_path: Path) -> N
         "DATA_DIR": str(tmp_path / "fp"),
         "COLUMNS": "200",
         "MONITOR_PORT": str(monitor_port),
+        "SERVER_PORT": str(free_port()),
     }
     out = cli(
         "demo",
@@ -137,6 +138,7 @@ def test_demo_runs_without_a_gpu_and_leaves_nothing_running(tmp_path: Path) -> N
     assert f"http://127.0.0.1:{monitor_port}/?token=" in out.stdout
     monitor_log = (tmp_path / "fp" / "logs" / "monitor.log").read_text()
     assert "monitor_started" in monitor_log
+    assert "/inference" in out.stdout and (tmp_path / "fp" / "logs" / "gateway.log").exists()
     with pytest.raises(httpx.ConnectError):  # the monitor was stopped too
         httpx.get(f"http://127.0.0.1:{monitor_port}/ready", timeout=2)
     assert not ping(f"redis://127.0.0.1:{port}/0")  # embedded Redis stopped

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,13 +20,12 @@ import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
 from framepool import codec, keys
-from framepool.redis_server import free_port
 from framepool.settings import Settings
 from producer import FrameProducer
 from producer.sources.synthetic import SyntheticCamera
 from tests.heartbeats import gpu_heartbeat, publish
+from tests.services import ServiceProcess
 
-ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "monitor-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -52,51 +48,24 @@ REFERENCE_METRICS = (
 )
 
 
-class Monitor:
+class Monitor(ServiceProcess):
+    """``framepool monitor`` with a token and a fast poll."""
+
     def __init__(self, redis_url: str, log_path: Path, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = log_path.open("wb")
-        self.log_path = log_path
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "framepool.cli", "monitor"],
-            env={
-                **os.environ,
+        super().__init__(
+            "monitor",
+            {
                 "REDIS_URL": redis_url,
-                "MONITOR_PORT": str(self.port),
-                "SERVER_HOST": "127.0.0.1",
                 "API_TOKEN": TOKEN,
                 "MONITOR_POLL_INTERVAL_SECONDS": "0.2",
                 **env,
             },
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            start_new_session=True,
+            log_path,
+            ready_path="/ready",
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"monitor exited: {log_path.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"monitor not ready: {log_path.read_text()}")
 
     def get(self, path: str, **kw: Any) -> httpx.Response:
         return httpx.get(f"{self.url}{path}", headers=kw.pop("headers", AUTH), timeout=10, **kw)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self._log.close()
 
 
 @pytest.fixture()

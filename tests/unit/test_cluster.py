@@ -382,10 +382,14 @@ def test_gone_workers_are_forgotten_after_ten_minutes(tmp_path: Path) -> None:
     assert [w.name for w in reader.read().workers] == ["dead@h"]
 
 
-def test_read_takes_two_round_trips_for_40_workers(tmp_path: Path) -> None:
+def test_read_takes_three_round_trips_for_40_workers_then_two(tmp_path: Path) -> None:
     executes = []
 
     class Counting(fakeredis.FakeRedis):
+        def mget(self, *a: Any, **k: Any) -> Any:
+            executes.append("mget")
+            return super().mget(*a, **k)
+
         def pipeline(self, *a: Any, **k: Any) -> Any:
             pipe = super().pipeline(*a, **k)
             original = pipe.execute
@@ -402,9 +406,13 @@ def test_read_takes_two_round_trips_for_40_workers(tmp_path: Path) -> None:
     client.sadd(keys.SERVED_MODELS, *models)
     for i in range(40):
         publish(client, heartbeat(f"w{i}@h", "h", {m: model_entry(m) for m in models}))
-    snap = ClusterReader(client, settings(tmp_path), clock=Clock()).read()
+    reader = ClusterReader(client, settings(tmp_path), clock=Clock())
+    snap = reader.read()
     assert len(snap.workers) == 40 and snap.models["m0"].frames == 40 * 20
-    assert len(executes) == 2  # SMEMBERS x2; MGET + every queue command
+    # SMEMBERS x2; GETRANGE of each heartbeat + every queue command; MGET of the new ones
+    assert executes == [2, 40 + 6 * (2 * 4 + 1), "mget"]  # 5 served models, 1 manifest
+    reader.read()
+    assert executes[3:] == [2, 40 + 6 * (2 * 4 + 1)]  # no heartbeat changed: no MGET
 
 
 def test_unreachable_redis_raises_redis_error(tmp_path: Path) -> None:
@@ -433,3 +441,41 @@ def test_histograms_merge_and_clean() -> None:
     messy = {"buckets": [[5, 2], ["x", 1], [1, 3], [2, None]], "sum": "?", "count": 1}
     assert histograms.clean(messy) == {"buckets": [[1, 3], [5, 3]], "sum": 0.0, "count": 3}
     assert histograms.merge([None, 7]) == histograms.empty()
+
+
+@pytest.mark.parametrize("frame_bytes", [0, 1, 2, 3, 200, 255, 256, 70_000, 70_001, 70_002])
+def test_enqueued_at_decodes_only_around_the_frame_and_agrees_with_a_whole_decode(
+    frame_bytes: int,
+) -> None:
+    """kombu's envelope, body first, binary frame (bin8/16/32): the quick path reads the meta."""
+    from monitoring.queues import _quick_meta
+
+    meta = {"model_id": "m", "enqueued_at": NOW - 3.25, "camera_id": "c"}
+    body = msgpack.packb([[b"\xff" * frame_bytes, meta], {}, {"chain": None}], use_bin_type=True)
+    raw = json.dumps({
+        "body": base64.b64encode(body).decode(), "content-encoding": "binary",
+        "content-type": "application/x-msgpack", "headers": {"task": keys.INFER_TASK},
+        "properties": {"body_encoding": "base64", "delivery_tag": "x", "priority": 0},
+    }).encode()  # fmt: skip
+    assert _quick_meta(raw) == meta
+    assert enqueued_at(raw) == NOW - 3.25
+    # the same message not body first: read whole, same answer
+    envelope = json.loads(raw)
+    reordered = json.dumps({"headers": envelope.pop("headers"), **envelope}).encode()
+    assert _quick_meta(reordered) is None and enqueued_at(reordered) == NOW - 3.25
+
+
+def test_a_queue_head_is_decoded_once_while_it_stays_the_oldest(
+    tmp_path: Path, client: fakeredis.FakeRedis
+) -> None:
+    client.lpush(keys.queue_name("adhoc"), kombu_message({"enqueued_at": NOW - 2.5}))
+    client.sadd(keys.SERVED_MODELS, "adhoc")
+    reader = ClusterReader(client, settings(tmp_path), clock=Clock())
+    with mock.patch("monitoring.queues.enqueued_at", wraps=enqueued_at) as decode:
+        assert reader.read().queues["adhoc"].oldest_age_s == 2.5
+        assert reader.read().queues["adhoc"].oldest_age_s == 2.5
+        assert decode.call_count == 1
+        client.rpop(keys.queue_name("adhoc"))
+        client.lpush(keys.queue_name("adhoc"), kombu_message({"enqueued_at": NOW - 1.0}))
+        assert reader.read().queues["adhoc"].oldest_age_s == 1.0
+        assert decode.call_count == 2

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 import fakeredis
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import CollectorRegistry
 from prometheus_client.samples import Sample
 
 from framepool import keys
@@ -19,6 +19,7 @@ from tests.unit.test_cluster import (
     GPU_A,
     NOW,
     Clock,
+    cluster_heartbeats,
     heartbeat,
     kombu_message,
     model_entry,
@@ -105,7 +106,7 @@ def test_histograms_are_in_seconds_and_cumulative(cluster: Any) -> None:
     _, reader = cluster
     fams = scrape(reader.read())
     d = fams["inference_duration_seconds"]
-    b = {"model_id": "resnet18", "worker": "gpu1-b@hostA"}  # 30 frames of 30 ms
+    b = {"model_id": "resnet18"}  # one worker (gpu1-b@hostA): 30 frames of 30 ms
     assert value(d, "inference_duration_seconds_bucket", **b, le="0.025") == 0
     assert value(d, "inference_duration_seconds_bucket", **b, le="0.05") == 30
     assert value(d, "inference_duration_seconds_bucket", **b, le="+Inf") == 30
@@ -127,6 +128,49 @@ def test_histograms_are_in_seconds_and_cumulative(cluster: Any) -> None:
     assert value(batches, "framepool_batch_size_sum", **b) == 30
     stages = {s.labels["stage"] for s in fams["framepool_stage_duration_seconds"]}
     assert {"queue", "decode", "inference", "total", "batch_wait"} <= stages
+
+
+def test_histograms_are_per_model_summed_over_its_workers(cluster: Any) -> None:
+    _, reader = cluster
+    fams = scrape(reader.read())
+    sd = {"model_id": "shape_detector"}  # gpu1-a: 10 ok of 3 ms; cpu-1: 5 ok of 300 ms
+    d = fams["inference_duration_seconds"]
+    assert value(d, "inference_duration_seconds_count", **sd) == 15
+    assert value(d, "inference_duration_seconds_bucket", **sd, le="0.005") == 10
+    assert value(d, "inference_duration_seconds_sum", **sd) == pytest.approx(1.53)
+    stage = fams["framepool_stage_duration_seconds"]
+    # the 1 expired frame of cpu-1 only has a queue time (900 ms)
+    assert value(stage, "framepool_stage_duration_seconds_count", **sd, stage="queue") == 16
+    assert value(fams["frame_size_bytes"], "frame_size_bytes_count", **sd) == 15
+    for family in ("inference_duration_seconds", "frame_size_bytes", "framepool_batch_size",
+                   "framepool_batch_wait_seconds", "framepool_stage_duration_seconds",
+                   "frame_decode_duration_seconds"):  # fmt: skip
+        assert all("worker" not in s.labels for s in fams[family]), family
+        assert {s.labels["model_id"] for s in fams[family]} == {"shape_detector", "resnet18"}
+
+
+def test_histograms_never_drop_when_workers_leave_or_restart(cluster: Any) -> None:
+    client, reader = cluster
+    count = "inference_duration_seconds_count"
+    first = scrape(reader.read())["inference_duration_seconds"]
+    assert value(first, count, model_id="resnet18") == 30
+    client.delete(keys.worker_heartbeat("gpu1-b@hostA"))  # resnet18's only worker stops
+    gone = scrape(reader.read())["inference_duration_seconds"]
+    assert value(gone, count, model_id="resnet18") == 30
+    # it comes back as a new process (new pid) that has seen 4 frames so far
+    [_, b, _] = cluster_heartbeats()
+    b.update(pid=99, started_at=NOW - 1)
+    b["models"]["resnet18"] = model_entry("resnet18", ok=4, totals=[30.0] * 4)
+    publish(client, b)
+    back = scrape(reader.read())["inference_duration_seconds"]
+    assert value(back, count, model_id="resnet18") == 34
+    # shape_detector's cpu worker restarts: counted once as gone, then its new self
+    [a, _, c] = cluster_heartbeats()
+    c.update(pid=77, started_at=NOW - 1, updated_at=NOW - 0.5)
+    c["models"]["shape_detector"] = model_entry("shape_detector", device="cpu", ok=1)
+    publish(client, c)
+    after = scrape(reader.read())["inference_duration_seconds"]
+    assert value(after, count, model_id="shape_detector") == 10 + 5 + 1
 
 
 def test_gpu_series_are_labelled_by_device_key(cluster: Any) -> None:
@@ -212,30 +256,41 @@ def test_the_same_snapshot_is_built_once(cluster: Any) -> None:
     assert list(collector.collect()) == first and list(collector.collect())[0] is first[0]
 
 
-def test_render_timing_8_gpus_4_workers_5_models(tmp_path: Path) -> None:
-    """Timing for the docs (printed, not asserted): 32 GPU workers, 5 models each."""
-    client = fakeredis.FakeRedis()
-    models = [f"model{i}" for i in range(5)]
-    for g in range(8):
-        uuid = f"GPU-0000-{g:04d}"
-        ident = {"index": 0, "uuid": uuid, "name": "H100", "total_memory_mb": 81559.0}
-        for w in range(4):
-            entries = {m: model_entry(m, ok=40, errors=1, expired=1) for m in models}
-            publish(client, heartbeat(f"gpu{g}-{w}@host", "host", entries, gpu=ident,
-                                      nvml_gpus=[reading(g, uuid, 50.0, 30_000.0)]))  # fmt: skip
-    reader = ClusterReader(client, settings(tmp_path), clock=Clock())
-    t0 = time.perf_counter()
+def test_text_is_what_prometheus_client_writes(cluster: Any) -> None:
+    """/metrics uses FramepoolCollector.text(), a quicker writer: byte for byte generate_latest."""
+    _, reader = cluster
     snap = reader.read()
-    read_s = time.perf_counter() - t0
-    timings = []
-    for _ in range(3):
-        registry = make_registry(lambda: snap)  # a fresh collector: no cache
-        t0 = time.perf_counter()
-        body = render(registry)
-        timings.append(time.perf_counter() - t0)
-    print(
-        f"\n32 workers x 5 models: read {read_s * 1000:.0f} ms, render "
-        f"{min(timings) * 1000:.0f} ms (best of 3), {len(body) / 1e6:.2f} MB, "
-        f"{len(body.splitlines())} lines"
-    )
-    assert len(snap.devices) == 8 and b"gpu_utilization_percent" in body
+    alerts = [{"rule": "r", "severity": "warning", "subject": 'odd "name"\\ with\nnewline'}]
+    collector = FramepoolCollector(lambda: snap, lambda: alerts)
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(collector)
+    text = collector.text()
+    assert text == render(registry) and b'subject="odd \\"name\\"' in text
+    assert collector.text() is text  # written once per snapshot
+    empty = FramepoolCollector(lambda: None)
+    assert empty.text() == render(make_registry(lambda: None))
+
+
+def test_histogram_series_do_not_grow_with_the_number_of_workers(tmp_path: Path) -> None:
+    """8 GPUs x 4 workers x 5 models export as many histogram series as 1 worker does."""
+    models = [f"model{i}" for i in range(5)]
+    config = settings(tmp_path)
+
+    def histogram_samples(gpus: int, per_gpu: int) -> tuple[int, int]:
+        client = fakeredis.FakeRedis()
+        for g in range(gpus):
+            uuid = f"GPU-0000-{g:04d}"
+            ident = {"index": 0, "uuid": uuid, "name": "H100", "total_memory_mb": 81559.0}
+            for w in range(per_gpu):
+                entries = {m: model_entry(m, ok=40, errors=1, expired=1) for m in models}
+                publish(client, heartbeat(f"gpu{g}-{w}@host", "host", entries, gpu=ident,
+                                          nvml_gpus=[reading(g, uuid, 50.0, 30_000.0)]))  # fmt: skip
+        text = render(make_registry(ClusterReader(client, config, clock=Clock()).read))
+        fams = list(text_string_to_metric_families(text.decode()))
+        hist = sum(len(f.samples) for f in fams if f.type == "histogram")
+        return hist, sum(len(f.samples) for f in fams)
+
+    one_hist, one_all = histogram_samples(1, 1)
+    many_hist, many_all = histogram_samples(8, 4)
+    assert many_hist == one_hist > 0
+    assert many_all < 2_600  # 7 counters and gauges per worker and model, per model histograms
