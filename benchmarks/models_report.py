@@ -8,12 +8,11 @@ its own section. Nothing outside the markers is touched.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import ROOT
+from benchmarks.harness import ROOT, update_doc_section
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench-models:latest:begin -->", "<!-- bench-models:latest:end -->"
@@ -254,30 +253,16 @@ def history_row(report: dict[str, Any]) -> str:
 
 def update_docs(report: dict[str, Any], path: Path = DOCS) -> None:
     """Replace the latest-run block and append a row to the history table."""
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    has_latest, has_history = BEGIN in text and END in text, HIST_BEGIN in text and HIST_END in text
-    if not has_latest and not has_history:
-        marks = {"BEGIN": BEGIN, "END": END, "HIST_BEGIN": HIST_BEGIN, "HIST_END": HIST_END}
-        text = text.rstrip("\n") + "\n" + INTRO.format(**marks, HIST_HEADER=HIST_HEADER)
-    elif not has_latest:
-        text += f"\n### Latest run (models)\n\n{BEGIN}\n{END}\n"
-    elif not has_history:
-        text += f"\n### History (models)\n\n{HIST_BEGIN}\n{HIST_HEADER}\n{HIST_END}\n"
-    text = re.sub(
-        re.escape(BEGIN) + r".*?" + re.escape(END),
-        lambda _: f"{BEGIN}\n{latest_block(report)}\n{END}",
-        text,
-        flags=re.DOTALL,
+    marks = {"BEGIN": BEGIN, "END": END, "HIST_BEGIN": HIST_BEGIN, "HIST_END": HIST_END}
+    intro = INTRO.format(**marks, HIST_HEADER=HIST_HEADER)
+    update_doc_section(
+        path,
+        (BEGIN, END, HIST_BEGIN, HIST_END),
+        intro,
+        latest_block(report),
+        HIST_HEADER,
+        history_row(report),
     )
-    head, rest = text.split(HIST_BEGIN, 1)
-    table, tail = rest.split(HIST_END, 1)
-    lines = [ln for ln in table.strip("\n").splitlines() if ln.strip()]
-    if not lines or not lines[0].startswith("| date"):
-        lines = HIST_HEADER.splitlines() + lines
-    lines.append(history_row(report))
-    text = f"{head}{HIST_BEGIN}\n" + "\n".join(lines) + f"\n{HIST_END}{tail}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
 
 
 def print_summary(report: dict[str, Any]) -> None:

@@ -24,7 +24,6 @@ import contextlib
 import datetime as dt
 import gc
 import json
-import re
 import resource
 import sys
 import threading
@@ -49,6 +48,7 @@ from benchmarks.harness import (
     ratio,
     steady_rate,
     test_frames,
+    update_doc_section,
 )
 from benchmarks.harness import machine_busy_s as _machine_busy
 from benchmarks.harness import proc_cpu_s as _proc_cpu
@@ -863,26 +863,11 @@ HISTORY_HEADER = (
 
 def update_docs(report: dict[str, Any], path: Path = DOCS) -> None:
     """Replace the latest-run block and append a row to the history table."""
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    if BEGIN not in text or END not in text:
-        text += f"\n## Latest run\n\n{BEGIN}\n{END}\n"
-    if HIST_BEGIN not in text or HIST_END not in text:
-        text += f"\n## History\n\n{HIST_BEGIN}\n{HISTORY_HEADER}\n{HIST_END}\n"
-    text = re.sub(
-        re.escape(BEGIN) + r".*?" + re.escape(END),
-        lambda _: f"{BEGIN}\n{latest_block(report)}\n{END}",
-        text,
-        flags=re.DOTALL,
+    intro = f"\n## Latest run\n\n{BEGIN}\n{END}\n\n## History\n\n{HIST_BEGIN}\n{HISTORY_HEADER}\n{HIST_END}\n"
+    marks = (BEGIN, END, HIST_BEGIN, HIST_END)
+    update_doc_section(
+        path, marks, intro, latest_block(report), HISTORY_HEADER, history_row(report)
     )
-    head, rest = text.split(HIST_BEGIN, 1)
-    table, tail = rest.split(HIST_END, 1)
-    lines = [ln for ln in table.strip("\n").splitlines() if ln.strip()]
-    if not lines or not lines[0].startswith("| date"):
-        lines = HISTORY_HEADER.splitlines() + lines
-    lines.append(history_row(report))
-    text = f"{head}{HIST_BEGIN}\n" + "\n".join(lines) + f"\n{HIST_END}{tail}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
 
 
 # ------------------------------------------------------------------ entry point
