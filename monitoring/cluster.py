@@ -105,7 +105,7 @@ class ClusterReader:
         self._heartbeats = HeartbeatCache()
         self._retired = RetiredHistograms()
         self._stamps: StampMemo = {}
-        self._merged_at: dict[str, float] = {}  # model -> snapshot time its histograms were summed
+        self._sums: dict[str, tuple[list[Any], dict[str, Any]]] = {}  # model -> parts, their sum
         self._kernel_inputs: list[tuple[str, str, Any]] = []
         self._kernel_cache: dict[Any, Any] = {}
 
@@ -158,7 +158,7 @@ class ClusterReader:
             gone=self._track_gone(gone, now),
             queues=dict(sorted(queues.items())),
             devices=devices,
-            models=build_models(workers, known, self._merged_at, now),
+            models=build_models(workers, known, self._sums),
             gpu_available=any(d.has_reading for d in devices),
             retired=self._retired.update(workers),
         )

@@ -10,8 +10,8 @@ counters and histograms over the workers that serve each model.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, MutableMapping
+from operator import is_
 from typing import Any
 
 from monitoring import histograms
@@ -167,45 +167,72 @@ def build_devices(workers: Iterable[WorkerView]) -> list[DeviceView]:
     return [devices[k] for k in sorted(devices)]
 
 
-#: A model whose histograms were summed this many seconds ago or less is summed from
-#: per-heartbeat compact histograms (see :func:`_merged`).
-HOT_S = 5.0
-
-
 def build_models(
     workers: Iterable[WorkerView],
     known: Iterable[str],
-    merged_at: MutableMapping[str, float] | None = None,
-    now: float = 0.0,
+    sums: MutableMapping[str, tuple[list[Any], dict[str, Any]]] | None = None,
 ) -> dict[str, ModelView]:
     """Every known model (``state="absent"`` without a worker) and every model a worker serves.
 
-    Their histograms are summed when first read. ``merged_at`` (model -> when its were
-    last summed, kept by the caller across snapshots taken at ``now``) picks how."""
+    Their histograms are summed when first read, from the compact histograms kept per
+    heartbeat (:func:`prepare_hists`). ``sums`` (model -> the parts last summed and
+    their sum, kept by the caller across snapshots) spares summing the same parts again."""
     grouped: dict[str, list[tuple[WorkerView, dict[str, Any]]]] = {m: [] for m in known}
     for w in workers:
         for model_id, entry in w.models.items():
             grouped.setdefault(model_id, []).append((w, entry))
-    return {m: _model(m, grouped[m], merged_at, now) for m in sorted(grouped)}
+    if sums is not None:
+        for model_id in [m for m in sums if m not in grouped]:
+            del sums[model_id]
+    return {m: _model(m, grouped[m], sums) for m in sorted(grouped)}
+
+
+_PREPARED = ("hists", None)  # in w.memo once prepare_hists ran
+
+
+def prepare_hists(w: WorkerView) -> None:
+    """Compact (validate) every histogram of the heartbeat once, all models at once
+    (``histograms.compact_many``), into ``w.memo`` for :func:`model_hists`. The reader
+    calls it when it parses a heartbeat, so that a scrape only adds up compact parts."""
+    memo = w.memo
+    if _PREPARED in memo:
+        return
+    layout: list[tuple[str, list[str]]] = []
+    flat: list[Any] = []
+    for model_id, entry in w.models.items():
+        stats = _dict(entry.get("stats"))
+        timings = _dict(stats.get("timings_ms"))
+        layout.append((model_id, [str(stage) for stage in timings]))
+        flat += timings.values()
+        flat += (stats.get("batch_size_hist"), stats.get("frame_size_bytes"))
+    parts = histograms.compact_many(flat)
+    at = 0
+    for model_id, stages in layout:
+        n = len(stages)
+        memo[("hists", model_id)] = {
+            "timings_ms": dict(zip(stages, parts[at : at + n], strict=True)),
+            "batch_size_hist": parts[at + n],
+            "frame_size_bytes": parts[at + n + 1],
+        }
+        at += n + 2
+    memo[_PREPARED] = True
 
 
 def model_hists(w: WorkerView, model_id: str) -> dict[str, Any]:
     """The worker's histograms of one model as :class:`~monitoring.histograms.Compact`:
     ``timings_ms`` (stage -> histogram), ``batch_size_hist``, ``frame_size_bytes``;
-    computed once per heartbeat (kept in ``w.memo``)."""
-    key = ("hists", model_id)  # _merged looks for it
+    computed once per heartbeat (kept in ``w.memo``, see :func:`prepare_hists`)."""
+    key = ("hists", model_id)
     found = w.memo.get(key)
     if found is None:
-        stats = _dict(_dict(w.models.get(model_id)).get("stats"))
+        prepare_hists(w)
+        found = w.memo.get(key)
+    if found is None:  # a model the heartbeat does not serve: no histograms
         found = {
-            "timings_ms": {
-                str(stage): histograms.compact(h)
-                for stage, h in _dict(stats.get("timings_ms")).items()
-            },
-            "batch_size_hist": histograms.compact(stats.get("batch_size_hist")),
-            "frame_size_bytes": histograms.compact(stats.get("frame_size_bytes")),
+            "timings_ms": {},
+            "batch_size_hist": histograms.compact(None),
+            "frame_size_bytes": histograms.compact(None),
         }
-        w.memo[key] = found
     return found
 
 
@@ -223,8 +250,7 @@ def _numbers(w: WorkerView, model_id: str, entry: dict[str, Any]) -> tuple[int, 
 def _model(
     model_id: str,
     served: list[tuple[WorkerView, dict[str, Any]]],
-    merged_at: MutableMapping[str, float] | None,
-    now: float,
+    sums: MutableMapping[str, tuple[list[Any], dict[str, Any]]] | None,
 ) -> ModelView:
     states = {w.name: _str(e.get("state"), "unknown") for w, e in served}
     best = max(states.values(), key=lambda s: _RANK.get(s, 0), default="absent")
@@ -245,44 +271,25 @@ def _model(
         batches=batches,
         in_flight=in_flight,
         workers=[w.name for w, _ in served],
-        histograms=lambda: _merged(model_id, served, merged_at, now),
+        histograms=lambda: _merged(model_id, served, sums),
     )
 
 
 def _merged(
     model_id: str,
     served: list[tuple[WorkerView, dict[str, Any]]],
-    merged_at: MutableMapping[str, float] | None,
-    now: float,
+    sums: MutableMapping[str, tuple[list[Any], dict[str, Any]]] | None,
 ) -> dict[str, Any]:
-    """The model's histograms summed over ``served``, one of two ways with the same result.
-
-    Wanted at every poll (a dashboard open; the last sum was at most :data:`HOT_S` ago),
-    most heartbeats are the same as a second ago: sum their compact histograms, kept
-    per heartbeat (``model_hists``), so only new heartbeats are compacted. Wanted by a
-    scrape every 15 s, nearly every heartbeat is new: sum them raw, all at once
-    (``merge_raw``), keeping nothing."""
-    hot = False
-    if merged_at is not None:
-        hot = 0.0 <= now - merged_at.get(model_id, -math.inf) <= HOT_S
-        merged_at[model_id] = now
-    if hot:
-        return merge_model_hists([model_hists(w, model_id) for w, _ in served])
-    return merge_stats([_dict(e.get("stats")) for _, e in served])
-
-
-def merge_stats(stats: list[dict[str, Any]]) -> dict[str, Any]:
-    """A model's histograms summed over its workers' ``stats``: ``timings_ms`` (stage ->
-    histogram), ``batch_size_hist``, ``frame_size_bytes``."""
-    stages: dict[str, list[Any]] = {}
-    for s in stats:
-        for stage, h in _dict(s.get("timings_ms")).items():
-            stages.setdefault(str(stage), []).append(h)
-    return {
-        "timings_ms": {stage: histograms.merge_raw(hs) for stage, hs in sorted(stages.items())},
-        "batch_size_hist": histograms.merge_raw([s.get("batch_size_hist") for s in stats]),
-        "frame_size_bytes": histograms.merge_raw([s.get("frame_size_bytes") for s in stats]),
-    }
+    """The model's histograms summed over ``served``: the sum of their compact histograms,
+    made once per heartbeat (``model_hists``), or the last sum while they are the same."""
+    parts = [model_hists(w, model_id) for w, _ in served]
+    last = sums.get(model_id) if sums is not None else None
+    if last is not None and len(last[0]) == len(parts) and all(map(is_, last[0], parts)):
+        return last[1]
+    merged = merge_model_hists(parts)
+    if sums is not None:
+        sums[model_id] = (parts, merged)
+    return merged
 
 
 def merge_model_hists(parts: list[dict[str, Any]]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from monitoring.cluster_build import parse_worker
+from monitoring.cluster_build import parse_worker, prepare_hists
 from monitoring.cluster_views import WorkerView
 
 #: Bytes of a heartbeat fetched to tell whether it changed.
@@ -142,6 +142,7 @@ class HeartbeatCache:
             except (ValueError, RecursionError):
                 doc = None
         view = parse_worker(name, doc, now)
+        prepare_hists(view)  # validated once per heartbeat, not at every scrape
         if isinstance(raw, bytes) and view.state != "invalid":
             stamp = view.raw.get("updated_at")
             stamped = isinstance(stamp, int | float) and not isinstance(stamp, bool)

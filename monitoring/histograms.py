@@ -13,7 +13,7 @@ import math
 import operator
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from itertools import chain, repeat
+from itertools import accumulate, chain, repeat
 from typing import Any, NamedTuple
 
 from prometheus_client.utils import floatToGoString
@@ -105,6 +105,40 @@ def compact(hist: Any) -> Compact:
     h = clean(hist)
     pairs = h["buckets"]
     return Compact(tuple(b[0] for b in pairs), tuple(b[1] for b in pairs), h["sum"], h["count"])
+
+
+def compact_many(hists: Sequence[Any]) -> list[Compact]:
+    """``[compact(h) for h in hists]``, quicker when they are all clean (what workers send):
+    every bucket checked in one pass over all of them rather than one histogram at a time."""
+    raws: list[Any] = [h.get("buckets") if type(h) is dict else None for h in hists]
+    if not raws or not set(map(type, raws)) <= _LIST:
+        return list(map(compact, hists))
+    flat = list(chain.from_iterable(raws))
+    if not set(map(type, flat)) <= _LIST or not set(map(len, flat)) <= _TWO:
+        return list(map(compact, hists))
+    bounds, counts = tuple(map(_first, flat)), tuple(map(_second, flat))
+    sums = [h.get("sum") for h in hists]
+    totals = [h.get("count") for h in hists]
+    if not set(map(type, bounds)).union(
+        map(type, counts), map(type, sums), map(type, totals)
+    ) <= _NUMBERS or not math.isfinite(sum(bounds) + sum(counts) + sum(sums) + sum(totals)):
+        return list(map(compact, hists))
+    ends = list(accumulate(map(len, raws)))
+    ascending = list(map(operator.lt, bounds, bounds[1:]))
+    rising = list(map(operator.le, counts, counts[1:]))
+    for end in ends[:-1]:
+        if 0 < end < len(flat):  # one histogram to the next
+            ascending[end - 1] = rising[end - 1] = True
+    starts = [0, *ends[:-1]]
+    firsts = [counts[s] for s, e in zip(starts, ends, strict=True) if e > s]
+    if not all(ascending) or not all(rising) or min(firsts, default=0) < 0:
+        return list(map(compact, hists))
+    out: list[Compact] = []
+    for start, end, total, count in zip(starts, ends, sums, totals, strict=True):
+        last = counts[end - 1] if end > start else 0
+        n = float(max(last, float(count) if count > 0 else 0.0))
+        out.append(Compact(bounds[start:end], counts[start:end], float(total), _int(n)))
+    return out
 
 
 def _cumulative_at(part: Compact, le: float) -> float:

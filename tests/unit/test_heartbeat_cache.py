@@ -160,6 +160,7 @@ def test_merge_raw_and_compact_equal_the_careful_paths() -> None:
     for _ in range(400):
         parts = [one() for _ in range(rng.randint(1, 5))]
         assert histograms.merge_raw(parts) == histograms.merge(parts)
+        assert histograms.compact_many(parts) == list(map(histograms.compact, parts))
         quick += histograms._merge_same_bounds(parts) is not None
         for p in parts:
             clean = histograms.clean(p)
@@ -169,6 +170,10 @@ def test_merge_raw_and_compact_equal_the_careful_paths() -> None:
                 clean["sum"], clean["count"],
             )  # fmt: skip
     assert quick > 20  # the quick path ran
+    clean_parts = [histograms.clean(one()) for _ in range(6)] + [histograms.empty()]
+    rng.shuffle(clean_parts)
+    assert histograms.compact_many(clean_parts) == list(map(histograms.compact, clean_parts))
+    assert histograms.compact_many([]) == []
 
 
 def test_the_stream_message_is_built_only_for_clients() -> None:
