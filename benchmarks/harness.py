@@ -9,6 +9,7 @@ success, not on an exception, not on Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import platform
@@ -313,3 +314,23 @@ class Sandbox:
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def save_report(
+    report: dict[str, Any],
+    out: Path,
+    docs: Path,
+    update_docs: Callable[[dict[str, Any]], None],
+    show: Callable[[dict[str, Any]], None],
+) -> int:
+    """Write the JSON, print the summary, rewrite the docs section; the exit code."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    show(report)
+    print(f"\nrun time {report['runtime_s']:.0f} s; JSON in {out}")
+    try:
+        update_docs(report)
+        print(f"updated {docs.relative_to(ROOT)}")
+    except OSError as exc:
+        print(f"could not update {docs}: {exc}", file=sys.stderr)
+    return 0

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import gc
-import json
 import math
 import sys
 import time
@@ -28,7 +27,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.harness import ROOT, machine_info, median
+from benchmarks.harness import machine_info, median, save_report
 from benchmarks.models_report import DOCS, command_line, print_summary, update_docs
 from benchmarks.models_runtime import (
     PROFILE_BATCH,
@@ -264,13 +263,4 @@ def main(
         **report,
         "runtime_s": round(runtime, 1),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print_summary(report)
-    print(f"\nrun time {runtime:.0f} s; JSON in {out}")
-    try:
-        update_docs(report)
-        print(f"updated {DOCS.relative_to(ROOT)}")
-    except OSError as exc:
-        print(f"could not update {DOCS}: {exc}", file=sys.stderr)
-    return 0
+    return save_report(report, out, DOCS, update_docs, print_summary)

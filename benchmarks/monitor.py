@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import sys
 import threading
 import time
@@ -33,7 +32,14 @@ from typing import Any
 import httpx
 import redis
 
-from benchmarks.harness import ROOT, Sandbox, machine_busy_s, machine_info, median, test_frames
+from benchmarks.harness import (
+    Sandbox,
+    machine_busy_s,
+    machine_info,
+    median,
+    save_report,
+    test_frames,
+)
 from benchmarks.monitor_cluster import FakeCluster
 from benchmarks.monitor_report import DOCS, build_figures, print_summary, update_docs
 from benchmarks.monitor_serve import CPU_PATH
@@ -338,13 +344,4 @@ def main(duration: float, repeats: int, reads: int, out: Path, started: float) -
         "runtime_s": round(time.time() - started, 1),
     }
     report["figures"] = build_figures(report)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    print_summary(report)
-    print(f"\nrun time {report['runtime_s']:.0f} s; JSON in {out}")
-    try:
-        update_docs(report)
-        print(f"updated {DOCS.relative_to(ROOT)}")
-    except OSError as exc:
-        print(f"could not update {DOCS}: {exc}", file=sys.stderr)
-    return 0
+    return save_report(report, out, DOCS, update_docs, print_summary)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import gc
-import json
 import resource
 import sys
 import threading
@@ -46,6 +45,7 @@ from benchmarks.harness import (
     median,
     percentile,
     ratio,
+    save_report,
     steady_rate,
     test_frames,
     update_doc_section,
@@ -953,14 +953,9 @@ def main(frames: int, repeats: int, out: Path, started: float) -> int:
         },
         "runtime_s": round(runtime, 1),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return save_report(report, out, DOCS, update_docs, _show)
+
+
+def _show(report: dict[str, Any]) -> None:
     print()
     print_table(report["figures"])
-    print(f"\nrun time {runtime:.0f} s; JSON in {out}")
-    try:
-        update_docs(report)
-        print(f"updated {DOCS.relative_to(ROOT)}")
-    except OSError as exc:
-        print(f"could not update {DOCS}: {exc}", file=sys.stderr)
-    return 0
