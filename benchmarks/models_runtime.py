@@ -3,7 +3,7 @@
 :func:`profiler_cost` runs one batch (host-to-device copy, ``infer``,
 ``postprocess``) plain and under ``BatchProfiler.profile``, alternately.
 
-:func:`oom_recovery` (CUDA only): :class:`_MemoryHog` allocates a slice of CUDA
+:func:`oom_recovery` (CUDA only): :class:`MemoryHog` allocates a slice of CUDA
 memory per frame of its batch, sized from ``torch.cuda.mem_get_info`` so that
 batches of up to :data:`OOM_FITS` frames fit and larger ones raise a genuine
 ``torch.cuda.OutOfMemoryError`` from the caching allocator. A runner capped at
@@ -32,7 +32,7 @@ from workers.runner import FrameJob, ModelRunner
 
 PROFILE_BATCH = 8
 OOM_MAX_BATCH = 32  # the runner's cap; 4x this many frames are submitted
-OOM_FITS = 12  # _MemoryHog batches of up to this many frames fit in free memory
+OOM_FITS = 12  # MemoryHog batches of up to this many frames fit in free memory
 MB = 1024.0 * 1024.0
 
 
@@ -99,16 +99,16 @@ def profiler_cost(model: Model, repeats: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ OOM recovery
-class _MemoryHog(Model):
+class MemoryHog(Model):
     """Allocates ``per_frame`` bytes of CUDA memory per frame of its batch."""
 
-    def __init__(self, device: str, per_frame: int) -> None:
+    def __init__(self, device: str, per_frame: int, max_batch: int = OOM_MAX_BATCH) -> None:
         manifest = ModelManifest(
             id="memory_hog",
             version="1",
             entrypoint="model:MemoryHog",
             input_size=(1, 1),
-            max_batch_size=OOM_MAX_BATCH,
+            max_batch_size=max_batch,
         )
         super().__init__(manifest, device)
         self.per_frame = per_frame
@@ -141,7 +141,7 @@ def oom_recovery(device: str) -> dict[str, Any]:
     gc.collect()
     torch.cuda.empty_cache()
     free, _ = torch.cuda.mem_get_info(device)
-    hog = _MemoryHog(device, int(free / (OOM_FITS + 0.5)))
+    hog = MemoryHog(device, int(free / (OOM_FITS + 0.5)))
     delivered: list[tuple[float, int]] = []  # (when, ok results) per finished batch
 
     def finish(results: list[dict[str, Any]]) -> None:

@@ -195,6 +195,21 @@ def profile(worker_name: str, batches: int, model_id: str | None, timeout: float
     click.echo(json.dumps({"worker": worker_name, "pending_batches": answer["ok"]}))
 
 
+def _serve(app: Any, host: str, port: int, name: str, hint: str) -> None:
+    """Run one of framepool's HTTP services under uvicorn until SIGINT/SIGTERM."""
+    import uvicorn
+
+    click.echo(f"framepool {name} on http://{host}:{port}/ ({hint})", err=True)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=10,  # callers waiting on results do not hold a stop
+    )
+
+
 @main.command()
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="[MONITOR_PORT]")
 def monitor(port: int | None) -> None:
@@ -205,23 +220,13 @@ def monitor(port: int | None) -> None:
     from framepool.log import configure_logging
 
     configure_logging(settings)
-    import uvicorn
 
     from monitoring.app import configure_gc, create_app
 
-    click.echo(
-        f"framepool monitor on http://{settings.server_host}:{settings.monitor_port}/ "
-        f"(metrics /metrics, API /docs)",
-        err=True,
-    )
     app = create_app(settings)
     configure_gc()
-    uvicorn.run(
-        app,
-        host=settings.server_host,
-        port=settings.monitor_port,
-        log_level="warning",
-        access_log=False,
+    _serve(
+        app, settings.server_host, settings.monitor_port, "monitor", "metrics /metrics, API /docs"
     )
 
 
@@ -235,22 +240,15 @@ def gateway(port: int | None) -> None:
     from framepool.log import configure_logging
 
     configure_logging(settings)
-    import uvicorn
 
     from producer.gateway import create_gateway
 
-    click.echo(
-        f"framepool gateway on http://{settings.server_host}:{settings.server_port}/ "
-        f"(POST /inference, /v1/frames/<model>; API /docs)",
-        err=True,
-    )
-    uvicorn.run(
+    _serve(
         create_gateway(settings),
-        host=settings.server_host,
-        port=settings.server_port,
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=10,  # callers waiting on results do not hold a stop
+        settings.server_host,
+        settings.server_port,
+        "gateway",
+        "POST /inference, /v1/frames/<model>; API /docs",
     )
 
 

@@ -19,8 +19,8 @@ import pytest
 import redis
 import torch
 
+from benchmarks.models_runtime import MemoryHog
 from framepool import codec, keys
-from framepool.manifest import ModelManifest
 from framepool.nvml import NvmlSampler
 from framepool.settings import DEFAULT_MODELS_ROOT, Settings
 from models.base import Model
@@ -143,50 +143,22 @@ def test_nvml_sampler_reads_the_gpu_and_this_process_memory() -> None:
 
 
 # ------------------------------------------------------------------ the runner on CUDA
-class MemoryHog(Model):
-    """Allocates ``per_frame`` bytes of CUDA memory per frame: large batches really OOM."""
-
-    def __init__(self, per_frame: int, max_batch: int) -> None:
-        manifest = ModelManifest(
-            id="hog", version="1", entrypoint="m:H", input_size=(1, 1), max_batch_size=max_batch
-        )
-        super().__init__(manifest, DEVICE)
-        self.per_frame = per_frame
-        self.calls: list[tuple[int, bool]] = []  # (batch size, fitted)
-
-    def load(self) -> None: ...
-
-    def preprocess(self, image: np.ndarray) -> np.ndarray:
-        return image.astype(np.float32)
-
-    def infer(self, batch: torch.Tensor) -> torch.Tensor:
-        n = int(batch.shape[0])
-        try:
-            buf = torch.empty(n * self.per_frame, dtype=torch.uint8, device=self.device)
-        except torch.cuda.OutOfMemoryError:  # the allocator's own error, nothing simulated
-            self.calls.append((n, False))
-            raise
-        buf[:: 1 << 20].fill_(1)
-        self.calls.append((n, True))
-        return batch.reshape(n, -1)[:, 0] + buf[0].float()
-
-    def postprocess(self, raw: Any, sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:
-        return [{"value": float(v)} for v in raw.tolist()]
-
-
 def test_runner_answers_every_frame_when_the_model_really_runs_out_of_memory() -> None:
     fits, max_batch = 6, 16
     gc.collect()
     torch.cuda.empty_cache()
     free, _ = torch.cuda.mem_get_info(DEVICE)
-    hog = MemoryHog(int(free / (fits + 0.5)), max_batch)  # batches above 6 exceed free memory
+    hog = MemoryHog(
+        DEVICE, int(free / (fits + 0.5)), max_batch
+    )  # batches above 6 exceed free memory
     jobs = [frame_job(i, np.full((1, 1, 1), i, np.float32), "hog") for i in range(4 * max_batch)]
     results, runner = run_jobs(hog, jobs, max_batch)
 
     assert [r["status"] for r in results] == ["ok"] * len(jobs)
     assert [r["outputs"]["value"] for r in results] == [i + 1.0 for i in range(len(jobs))]
-    assert (max_batch, False) in hog.calls  # the first, full batch genuinely ran out
-    assert all(n <= fits for n, fitted in hog.calls if fitted)
+    calls = [(n, fitted) for _, n, fitted in hog.calls]
+    assert (max_batch, False) in calls  # the first, full batch genuinely ran out
+    assert all(n <= fits for n, fitted in calls if fitted)
     assert max(r["batch_size"] for r in results) <= fits
     assert runner.cap.ooms >= 1 and runner.stats.oom_splits >= 1
     assert runner.cap.current < max_batch
