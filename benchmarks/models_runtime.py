@@ -144,8 +144,8 @@ def oom_recovery(device: str) -> dict[str, Any]:
     hog = MemoryHog(device, int(free / (OOM_FITS + 0.5)))
     delivered: list[tuple[float, int]] = []  # (when, ok results) per finished batch
 
-    def finish(results: list[dict[str, Any]]) -> None:
-        delivered.append((time.perf_counter(), sum(r["status"] == "ok" for r in results)))
+    def finish(done: list[tuple[Any, dict[str, Any]]]) -> None:
+        delivered.append((time.perf_counter(), sum(r["status"] == "ok" for _, r in done)))
 
     runner = ModelRunner(
         hog,

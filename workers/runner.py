@@ -42,7 +42,8 @@ from workers.stats import ModelStats
 
 log = get_logger(__name__)
 
-Finish = Callable[[list[dict[str, Any]]], None]
+# each finished frame's record (its meta: camera, callback_url, ...) with its result
+Finish = Callable[[list[tuple[FrameRecord, dict[str, Any]]]], None]
 Done = list[tuple["FrameJob", dict[str, Any]]]
 
 
@@ -217,7 +218,7 @@ class ModelRunner:
             job.future.set_result(result)
         with self._lock:
             self.in_flight -= len(done)
-        self.finish(results)
+        self.finish([(job.record, result) for job, result in done])
 
     def _infer_batch(self, jobs: list[FrameJob]) -> Done:
         """One batch from the queue, under the profiler when it is this batch's turn."""

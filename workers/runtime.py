@@ -78,7 +78,7 @@ class WorkerRuntime:
                 origin,
                 max_batch_size=settings.max_batch_size,
                 timeout_s=settings.batch_timeout_s,
-                finish=self.streams.write,
+                finish=self._deliver,
                 incoming=self.incoming,
                 health=slot.health,
                 profiler=BatchProfiler(settings.profile_every_n_batches),
@@ -236,8 +236,12 @@ class WorkerRuntime:
         result = build_result(rec, origin, status, error=error)
         if runner is not None:
             runner.stats.record_results([result])
-        self.streams.write([result])
+        self._deliver([(rec, result)])
         return result
+
+    def _deliver(self, done: list[tuple[FrameRecord, dict[str, Any]]]) -> None:
+        """After the task threads have their results: the camera streams, then webhooks."""
+        self.streams.write([result for _, result in done])
 
 
 def _log_health_change(model_id: str, old: ModelState, new: ModelState, reason: str) -> None:

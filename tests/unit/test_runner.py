@@ -72,7 +72,7 @@ def run(jobs: list[FrameJob], model: Doubler, max_batch: int = 64) -> tuple[list
         Origin("w1", "cpu", "1"),
         max_batch_size=max_batch,
         timeout_s=0.0,
-        finish=written.append,
+        finish=lambda done: written.append([r for _, r in done]),
     )
     for j in jobs:  # queue them all before the thread starts: one batch
         runner.submit(j)
@@ -197,7 +197,7 @@ def test_a_sticky_cuda_error_fails_every_waiting_frame_and_reports_fatal() -> No
         Origin("w1", "cpu", "1"),
         max_batch_size=2,
         timeout_s=0.0,
-        finish=written.append,
+        finish=lambda done: written.append([r for _, r in done]),
         on_fatal=fatal.append,
     )
     jobs = [job(i, 1.0) for i in range(5)]
