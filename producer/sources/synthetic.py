@@ -7,16 +7,21 @@ shapes never overlap and always stay fully inside the frame. Slots change
 label, size and colour at "episode" boundaries (every few seconds) and slots
 other than the first are hidden during some episodes, so a frame holds between
 1 and ``n_shapes`` shapes.
+
+:class:`SyntheticSource` adapts a camera to the ingest ``FrameSource`` protocol.
 """
 
 from __future__ import annotations
 
 import colorsys
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+
+from producer.sources.base import SourceFrame, Stoppable
 
 MIN_SIDE = 32
 _PAD = 16  # the noisy canvas is this much larger; each frame crops it at an offset
@@ -222,3 +227,42 @@ class SyntheticCamera:
         while count is None or seq < start + count:
             yield self.frame(seq)
             seq += 1
+
+
+class SyntheticSource(Stoppable):
+    """A :class:`SyntheticCamera` as a :class:`~producer.sources.base.FrameSource`.
+
+    ``realtime`` (the default) paces frames at the camera's fps, as a live
+    camera would; without it frames come as fast as they are drawn and the
+    source counts as finite (it waits rather than drops when the queue is
+    full). ``captured_at`` is ``start + (seq - first seq) / fps``.
+    """
+
+    def __init__(
+        self,
+        camera: SyntheticCamera,
+        *,
+        count: int | None = None,
+        start: int = 0,
+        realtime: bool = True,
+    ) -> None:
+        super().__init__()
+        if count is not None and count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        self.camera = camera
+        self.camera_id = camera.camera_id
+        self.fps = camera.fps
+        self.count, self.start, self.live = count, start, realtime
+
+    @property
+    def name(self) -> str:
+        c = self.camera
+        return f"synthetic {c.width}x{c.height}@{c.fps:g} seed={c.seed}"
+
+    def __iter__(self) -> Iterator[SourceFrame]:
+        anchor, t0 = time.time(), time.monotonic()
+        for f in self.camera.frames(self.count, self.start):
+            offset = (f.seq - self.start) / self.fps
+            if self.stopped or (self.live and self._sleep(t0 + offset - time.monotonic())):
+                return
+            yield SourceFrame(self.camera_id, f.seq, anchor + offset, f.image, self.fps)

@@ -1,0 +1,572 @@
+"""Camera ingest: read sources, sample at a target fps, encode, enqueue in small batches.
+
+Threads: one *reader* per source, and one *sender*. A reader blocks on its own
+source (a network read, a reconnect backoff, a paced synthetic camera), so a
+stalled camera never holds back the others; it samples, JPEG-encodes (in
+parallel with the other readers: libjpeg-turbo and FFmpeg release the GIL)
+and hands frames to a bounded queue, one for live and one for finite
+sources. The sender takes whatever is queued, live frames first, up to
+``batch_size`` frames from any camera, and sends them with one
+``FrameProducer.submit_many`` (one Redis pipeline): frames go out at once when
+they come slowly (live) and in batches when they come fast (files).
+
+Sampling is by timestamp (:class:`FpsSampler`), never by wall clock: a file is
+read as fast as the pool takes it and the frames chosen are always the same
+(a 25 fps, 4 s file at ``fps=5`` gives 20 frames). A target at or above the
+source's own fps takes every frame.
+
+Finite sources (files, folders) wait rather than drop: their reader blocks on
+the full hand-off queue, and the sender holds their frames back while the
+model's queue holds ``max_queued`` frames, so a long file never floods Redis.
+Live sources drop instead. Every frame read is counted once: ``skipped`` by
+the sampler, ``sent``, or ``dropped`` by reason:
+
+- ``queue_full``: the producer refused it (``MAX_QUEUE_DEPTH``, either
+  ``QUEUE_FULL_POLICY``);
+- ``bad_frame``: not a valid frame (the source's decode errors included);
+- ``backlog``: the sender could not keep up with a live camera;
+- ``broker_unavailable``: Redis was away. The sender retries with backoff
+  (``broker_unavailable`` / ``broker_reconnected`` in the log); a finite
+  source's frames wait and are sent when Redis is back, a live camera's
+  frames are dropped meanwhile;
+- ``stopped``: read, but the ingest stopped (``duration``, Ctrl-C, a fatal
+  error) before it could be handed on.
+
+An unknown model or other bad input stops the ingest (raised by
+:func:`run_ingest`); a source that fails ends only its own camera.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import queue
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from framepool import codec
+from framepool.errors import BadFrame, BadInput, BrokerUnavailable, QueueFull, UnknownModel
+from framepool.log import get_logger
+from framepool.settings import Settings
+from producer.sources.base import Backoff, FrameSource
+
+log = get_logger(__name__)
+
+_POLL_S = 0.1
+
+
+class Submitter(Protocol):
+    """What ingest needs of :class:`producer.FrameProducer` (a fake in tests)."""
+
+    settings: Settings
+
+    def submit_many(self, items: Iterable[Mapping[str, Any]]) -> list[Any]: ...
+
+    def queue_depth(self, model_id: str) -> int: ...
+
+
+class FpsSampler:
+    """Chooses frames for a target fps from their timestamps alone (pure logic).
+
+    The first frame is taken; after that a frame is taken when it reaches the
+    next slot of a grid ``t0 + k / fps`` anchored at the first frame (no drift),
+    and the grid then moves past it (a gap never causes a burst). Timestamps
+    within a tenth of a source frame period before a slot count as on it, so a
+    jittery live stream keeps its rate. A target of None, or one at or above
+    the source's fps, takes every frame. Time going backwards (a stream that
+    restarted) restarts the grid.
+    """
+
+    def __init__(self, target_fps: float | None) -> None:
+        if target_fps is not None and not target_fps > 0:
+            raise BadInput(f"fps must be > 0, got {target_fps}")
+        self.target = target_fps
+        self._t0: float | None = None
+        self._next = -math.inf
+        self._last: float | None = None
+
+    def take(self, t: float, source_fps: float | None = None) -> bool:
+        if self.target is None or (source_fps is not None and self.target >= source_fps):
+            return True
+        period = 1.0 / self.target
+        tol = 0.1 / source_fps if source_fps else 1e-6
+        if self._t0 is None or (self._last is not None and t + tol < self._last):
+            self._t0, self._next = t, t  # first frame, or time went backwards
+        self._last = t
+        if t + tol < self._next:
+            return False
+        assert self._t0 is not None
+        slots = math.floor((t + tol - self._t0) / period) + 1
+        self._next = self._t0 + slots * period
+        return True
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    model_id: str
+    fps: float | None = None  # target per camera; None: every frame
+    duration: float | None = None  # seconds; None: until the sources end (or stop())
+    count: int | None = None  # frames read per camera; None: no limit
+    deadline_ms: float | None = None
+    batch_size: int = 8
+    max_queued: int = 256  # finite sources wait while the model's queue holds this many
+    broker_retry_max_s: float = 5.0  # cap of the backoff while Redis is away
+
+    def __post_init__(self) -> None:
+        if self.fps is not None and not self.fps > 0:
+            raise BadInput(f"fps must be > 0, got {self.fps}")
+        if self.duration is not None and not self.duration > 0:
+            raise BadInput(f"duration must be > 0, got {self.duration}")
+        if self.count is not None and self.count < 1:
+            raise BadInput(f"count must be >= 1, got {self.count}")
+        if self.deadline_ms is not None and not self.deadline_ms > 0:
+            raise BadInput(f"deadline_ms must be > 0, got {self.deadline_ms}")
+        if self.batch_size < 1 or self.max_queued < 1:
+            raise BadInput("batch_size and max_queued must be >= 1")
+        if not self.broker_retry_max_s > 0:
+            raise BadInput(f"broker_retry_max_s must be > 0, got {self.broker_retry_max_s}")
+
+
+@dataclass
+class CameraStats:
+    """One camera's counts; the reader and the sender update them under the ingest's lock."""
+
+    source: str
+    live: bool
+    read: int = 0
+    skipped: int = 0  # not chosen by the sampler
+    sent: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+    error: str | None = None
+    done: bool = False
+    ended_at: float | None = None  # monotonic, when its reader finished
+
+    def as_dict(self, source: FrameSource | None = None) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "source": self.source,
+            "live": self.live,
+            "read": self.read,
+            "skipped": self.skipped,
+            "sent": self.sent,
+            "dropped": dict(self.dropped),
+            "error": self.error,
+        }
+        if source is not None and hasattr(source, "reconnects"):
+            d["reconnects"] = source.reconnects
+        return d
+
+
+@dataclass(slots=True)
+class _Pending:
+    camera_id: str
+    seq: int
+    captured_at: float
+    data: bytes
+    live: bool
+
+
+class Ingest:
+    """Ingest from several sources into one model's queue; see the module docstring."""
+
+    def __init__(
+        self, producer: Submitter, sources: Sequence[FrameSource], config: IngestConfig
+    ) -> None:
+        ids = [s.camera_id for s in sources]
+        if not sources:
+            raise BadInput("ingest needs at least one source")
+        if len(set(ids)) != len(ids):
+            raise BadInput(f"camera ids must be unique, got {', '.join(ids)}")
+        self.producer, self.sources, self.config = producer, list(sources), config
+        self.settings = producer.settings
+        self.stats = {s.camera_id: CameraStats(s.name, s.live) for s in sources}
+        self._lock = threading.Lock()
+        # two hand-off queues, so a file waiting for room never holds back a live camera
+        self._live: queue.Queue[_Pending] = queue.Queue(maxsize=4 * config.batch_size)
+        self._finite: queue.Queue[_Pending] = queue.Queue(maxsize=4 * config.batch_size)
+        self._wake = threading.Event()  # a reader handed something off
+        self._room = 0  # finite frames that may go before the model's queue depth is read again
+        self._room_read_at = -math.inf
+        self._stop = threading.Event()
+        self._readers_done = threading.Event()
+        self._broker_down = threading.Event()
+        self._fatal: BaseException | None = None
+        self.started_at: float | None = None
+        self.ended_at: float | None = None
+
+    # ------------------------------------------------------------------ public
+    def stop(self) -> None:
+        """Stop reading (any thread); frames already read are still sent."""
+        self._stop.set()
+        for s in self.sources:
+            s.close()
+
+    def run(self, on_tick: Callable[[Ingest], None] | None = None) -> dict[str, Any]:
+        """Run to the end (sources done, ``duration`` up, or ``stop()``); the summary."""
+        self.started_at = time.monotonic()
+        log.info(
+            "ingest_started",
+            model_id=self.config.model_id,
+            cameras=list(self.stats),
+            fps=self.config.fps,
+            duration=self.config.duration,
+        )
+        readers = [
+            threading.Thread(
+                target=self._read, args=(s,), name=f"ingest-{s.camera_id}", daemon=True
+            )
+            for s in self.sources
+        ]
+        sender = threading.Thread(target=self._send_loop, name="ingest-sender", daemon=True)
+        for t in (*readers, sender):
+            t.start()
+        ends = self.started_at + self.config.duration if self.config.duration else math.inf
+        cut_short = True  # by duration, Ctrl-C, a fatal error: not by the sources' own end
+        try:
+            while any(t.is_alive() for t in readers):
+                if self._stop.is_set() or time.monotonic() >= ends:
+                    break
+                if on_tick is not None:
+                    on_tick(self)
+                time.sleep(min(0.2, max(0.0, ends - time.monotonic())))
+            else:
+                cut_short = False
+        except KeyboardInterrupt:
+            log.info("ingest_interrupted")
+        finally:
+            if cut_short:
+                self.stop()
+            try:
+                self._join(readers, sender)
+            except KeyboardInterrupt:  # Ctrl-C while files wait for the pool: stop waiting
+                log.info("ingest_interrupted")
+                self.stop()
+                self._join(readers, sender)
+            self.ended_at = time.monotonic()
+            if on_tick is not None:
+                on_tick(self)
+        summary = self.summary()
+        log.info("ingest_done", **{k: v for k, v in summary.items() if k != "cameras"})
+        if self._fatal is not None:
+            raise self._fatal
+        return summary
+
+    def _join(self, readers: list[threading.Thread], sender: threading.Thread) -> None:
+        for t in readers:
+            t.join(15.0)  # a blocked network read returns within its read timeout
+        self._readers_done.set()
+        sender.join()
+        self._drain("stopped")  # handed off after a fatal error stopped the sender
+
+    def summary(self) -> dict[str, Any]:
+        """Counts so far, as a JSON-able dict (totals and per camera)."""
+        now = self.ended_at or time.monotonic()
+        elapsed = max(1e-9, now - self.started_at) if self.started_at is not None else 0.0
+        with self._lock:
+            cams = {s.camera_id: self.stats[s.camera_id].as_dict(s) for s in self.sources}
+        dropped: Counter[str] = Counter()
+        for c in cams.values():
+            dropped.update(c["dropped"])
+        sent = sum(c["sent"] for c in cams.values())
+        return {
+            "model_id": self.config.model_id,
+            "fps": self.config.fps,
+            "duration_s": round(elapsed, 3),
+            "read": sum(c["read"] for c in cams.values()),
+            "skipped": sum(c["skipped"] for c in cams.values()),
+            "sent": sent,
+            "dropped": dict(dropped),
+            "rate_fps": round(sent / elapsed, 2) if elapsed else 0.0,
+            "cameras": cams,
+        }
+
+    # ----------------------------------------------------------------- readers
+    def _drop(self, stats: CameraStats, reason: str, n: int = 1) -> None:
+        with self._lock:
+            stats.dropped[reason] += n
+
+    def _read(self, source: FrameSource) -> None:
+        stats = self.stats[source.camera_id]
+        sampler = FpsSampler(self.config.fps)
+        count = self.config.count
+        try:
+            for frame in source:
+                if self._stop.is_set():
+                    break
+                with self._lock:
+                    stats.read += 1
+                    chosen = sampler.take(frame.captured_at, frame.fps)
+                    if not chosen:
+                        stats.skipped += 1
+                if chosen:
+                    self._hand_off(source, stats, frame.seq, frame.captured_at, frame.image)
+                if count is not None and stats.read >= count:
+                    break
+        except Exception as exc:  # a source's own failure ends only its camera
+            stats.error = f"{type(exc).__name__}: {exc}"
+            log.error(
+                "source_failed", camera_id=source.camera_id, source=source.name, error=str(exc)
+            )
+        finally:
+            source.close()
+            errors = getattr(source, "decode_errors", 0)  # read, but not a frame
+            with self._lock:
+                if errors:
+                    stats.read += errors
+                    stats.dropped["bad_frame"] += errors
+                stats.done, stats.ended_at = True, time.monotonic()
+
+    def _hand_off(
+        self,
+        source: FrameSource,
+        stats: CameraStats,
+        seq: int,
+        captured_at: float,
+        image: np.ndarray | bytes,
+    ) -> None:
+        if source.live and self._broker_down.is_set():
+            self._drop(stats, "broker_unavailable")
+            return
+        try:
+            data = self._encode(image)
+        except BadFrame as exc:
+            self._drop(stats, "bad_frame")
+            log.warning("frame_refused", camera_id=source.camera_id, seq=seq, error=str(exc))
+            return
+        item = _Pending(source.camera_id, seq, captured_at, data, source.live)
+        if source.live:
+            try:
+                self._live.put_nowait(item)
+            except queue.Full:
+                self._drop(stats, "backlog")
+            else:
+                self._wake.set()
+            return
+        while not self._stop.is_set():  # a file waits for room
+            with contextlib.suppress(queue.Full):
+                self._finite.put(item, timeout=_POLL_S)
+                self._wake.set()
+                return
+        self._drop(stats, "stopped")
+
+    def _encode(self, image: np.ndarray | bytes) -> bytes:
+        s = self.settings
+        if isinstance(image, np.ndarray):
+            return codec.encode_jpeg(image, quality=s.jpeg_quality, max_pixels=s.max_frame_pixels)
+        data = bytes(image)
+        codec.probe(data, max_bytes=s.max_frame_bytes, max_pixels=s.max_frame_pixels)
+        return data
+
+    # ------------------------------------------------------------------ sender
+    def _next_batch(self) -> list[_Pending]:
+        """Live frames first, never held back; then finite ones while the model's queue has room."""
+        n = self.config.batch_size
+        # when stopping, what is left goes without waiting (at most the hand-off queue)
+        finite_ok = not self._finite.empty() and (self._stop.is_set() or self._has_room())
+        batch = _take(self._live, n)
+        if finite_ok and len(batch) < n:
+            room = n - len(batch) if self._stop.is_set() else min(n - len(batch), self._room)
+            more = _take(self._finite, room)
+            self._room -= len(more)
+            batch += more
+        return batch
+
+    def _has_room(self) -> bool:
+        """Room in the model's queue for finite frames (its depth read at most every 20 ms)."""
+        now = time.monotonic()
+        if self._room <= 0 and now - self._room_read_at >= 0.02:
+            limit = min(self.config.max_queued, self.settings.max_queue_depth)
+            self._room = limit - self.producer.queue_depth(self.config.model_id)
+            self._room_read_at = now
+        return self._room > 0
+
+    def _idle(self) -> bool:
+        return self._live.empty() and self._finite.empty()
+
+    def _send_loop(self) -> None:
+        retry: list[_Pending] = []
+        try:
+            backoff = Backoff(
+                min(0.25, self.config.broker_retry_max_s), self.config.broker_retry_max_s
+            )
+            while True:
+                batch: list[_Pending] = []
+                try:
+                    self._wake.clear()
+                    batch, retry = retry or self._next_batch(), []
+                    if not batch:
+                        if self._readers_done.is_set() and self._idle():
+                            return
+                        self._wake.wait(0.02 if not self._finite.empty() else _POLL_S)
+                        continue
+                    self._send(batch)
+                except BrokerUnavailable as exc:
+                    retry = self._broker_away(batch, exc, backoff)
+                    continue
+                if self._broker_down.is_set():
+                    self._broker_down.clear()
+                    log.info("broker_reconnected", attempts=backoff.attempts)
+                backoff.reset()
+        except Exception as exc:  # bad input (unknown model ...): stop everything
+            self._fatal = exc
+            self.stop()
+            self._drain("stopped")
+
+    def _broker_away(
+        self, batch: list[_Pending], exc: BrokerUnavailable, backoff: Backoff
+    ) -> list[_Pending]:
+        """Count the live frames as lost, keep the finite ones, sleep; what to retry."""
+        self._broker_down.set()
+        delay = backoff.next()
+        log.warning(
+            "broker_unavailable", attempt=backoff.attempts, retry_in_s=delay, error=str(exc)
+        )
+        keep = [p for p in batch if not p.live]
+        self._count([p for p in batch if p.live], "broker_unavailable")
+        if self._stop.is_set():
+            # stopping while Redis is away: what cannot be sent is counted, not waited for
+            self._count(keep, "broker_unavailable")
+            self._drain("broker_unavailable")
+            time.sleep(_POLL_S)
+            return []
+        self._stop.wait(delay)
+        return keep
+
+    def _count(self, items: list[_Pending], reason: str) -> None:
+        with self._lock:
+            for p in items:
+                self.stats[p.camera_id].dropped[reason] += 1
+
+    def _drain(self, reason: str) -> None:
+        self._count(_take(self._live) + _take(self._finite), reason)
+
+    def _send(self, batch: list[_Pending]) -> None:
+        items = [self._item(p) for p in batch]
+        try:
+            handles = self.producer.submit_many(items)
+        except QueueFull as exc:  # reject policy: the refused ones are marked in exc.handles
+            handles = getattr(exc, "handles", None) or [exc] * len(items)
+        except UnknownModel as exc:
+            # submit_many prefixes "item i:" through the type's constructor; keep the original
+            raise (exc.__cause__ if isinstance(exc.__cause__, UnknownModel) else exc) from None
+        except BadFrame:  # one bad frame refuses the whole batch: send them one by one
+            handles = [self._send_one(item) for item in items]
+        with self._lock:
+            for p, h in zip(batch, handles, strict=True):
+                stats = self.stats[p.camera_id]
+                if h is None:
+                    stats.dropped["bad_frame"] += 1
+                elif isinstance(h, QueueFull) or getattr(h, "refused", None) is not None:
+                    stats.dropped["queue_full"] += 1
+                else:
+                    stats.sent += 1
+
+    def _send_one(self, item: dict[str, Any]) -> Any:
+        try:
+            return self.producer.submit_many([item])[0]
+        except QueueFull as exc:
+            return exc
+        except BadFrame as exc:
+            log.warning(
+                "frame_refused", camera_id=item["camera_id"], seq=item["seq"], error=str(exc)
+            )
+            return None
+
+    def _item(self, p: _Pending) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "model_id": self.config.model_id,
+            "frame": p.data,
+            "camera_id": p.camera_id,
+            "seq": p.seq,
+            "captured_at": p.captured_at,
+        }
+        if self.config.deadline_ms is not None:
+            item["deadline_ms"] = self.config.deadline_ms
+        if not p.live:
+            item["latest_wins"] = False  # every sampled frame of a file matters
+        return item
+
+
+def _take(q: queue.Queue[_Pending], n: int | None = None) -> list[_Pending]:
+    """Up to ``n`` items (all when None) that are in ``q`` now, without waiting."""
+    out: list[_Pending] = []
+    while n is None or len(out) < n:
+        try:
+            out.append(q.get_nowait())
+        except queue.Empty:
+            break
+    return out
+
+
+def run_ingest(
+    producer: Submitter,
+    sources: Sequence[FrameSource],
+    config: IngestConfig,
+    *,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Ingest until done and return the summary; ``progress`` draws a rich progress display."""
+    ingest = Ingest(producer, sources, config)
+    if not progress:
+        return ingest.run()
+    with _ProgressView(ingest) as view:
+        return ingest.run(on_tick=view.update)
+
+
+class LiveStderr:
+    """``sys.stderr`` looked up at each write: log lines printed while the progress display
+    runs go through rich's redirect, above the display, instead of through it."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+class _ProgressView:
+    """One rich progress row per camera (and a total row for several): read, sent, dropped, rate."""
+
+    def __init__(self, ingest: Ingest) -> None:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            SpinnerColumn(finished_text="[green]✓"),
+            TextColumn("[bold]{task.description}"),
+            TextColumn("{task.fields[counts]}"),
+            TimeElapsedColumn(),
+            refresh_per_second=4,
+        )
+        rows = list(ingest.stats) + (["all cameras"] if len(ingest.stats) > 1 else [])
+        self.rows = {r: self.progress.add_task(r, total=None, counts="") for r in rows}
+
+    def __enter__(self) -> _ProgressView:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def update(self, ingest: Ingest) -> None:
+        s = ingest.summary()
+        rows = {**s["cameras"], "all cameras": s}
+        for name, task in self.rows.items():
+            c = rows[name]
+            cam = ingest.stats.get(name)
+            done = ingest.ended_at is not None or (cam is not None and cam.done)
+            elapsed = s["duration_s"]
+            if cam is not None and cam.ended_at is not None and ingest.started_at is not None:
+                elapsed = cam.ended_at - ingest.started_at  # a finished camera's rate stays put
+            counts = (
+                f"read {c['read']}  sent {c['sent']}  skipped {c['skipped']}  "
+                f"dropped {sum(c['dropped'].values())}  {c['sent'] / max(elapsed, 1e-9):.1f} frames/s"
+            )
+            self.progress.update(
+                task, counts=counts, total=1 if done else None, completed=int(done)
+            )
