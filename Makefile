@@ -1,11 +1,11 @@
-# framepool: make demo | make test | make lint | make bench
+# framepool: make demo | make test | make lint | make bench | make load
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench load install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/framepool bench pipeline
+
+# the long load tests (minutes), then their figures into docs/benchmarks.md
+load: $(STAMP)
+	FRAMEPOOL_LOAD=long $(BIN)/python -m pytest -q -ra tests/load
+	$(BIN)/python -m benchmarks.load_report
 
 clean:
 	rm -rf $(VENV) .framepool
