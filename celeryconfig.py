@@ -8,14 +8,30 @@ from framepool.settings import Settings
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
+    vt = settings.visibility_timeout_seconds
     transport = {
-        "visibility_timeout": settings.visibility_timeout_seconds,
-        "unacked_restore_interval": 30,
+        # An unacked frame (its worker died) is redelivered once it is older than
+        # this; a worker warns when a batch runs longer than half of it.
+        "visibility_timeout": vt,
+        # kombu sweeps every interval x throttle seconds (default 10 x 10): sweep
+        # every interval, a quarter of the timeout, so a lost frame waits at most
+        # about 1.25 x VISIBILITY_TIMEOUT_SECONDS.
+        "unacked_restore_interval": max(1, min(10, vt // 4)),
+        "unacked_restore_throttle": 1,
+        # the sweep's lock: a worker killed while holding it (kombu's default 300 s)
+        # would stall every other worker's sweep that long
+        "unacked_mutex_expire": 10,
         "socket_keepalive": True,
+        # a Redis that stops answering (not closed: paused, partitioned) must not
+        # hang a publish or a consumer forever (kombu's default); BRPOP polls 1 s
+        "socket_timeout": 10,
+        "socket_connect_timeout": 5,
         "health_check_interval": 15,
     }
     return {
         "broker_url": settings.redis_url,
+        # kombu's Redis transport with a fix for reconnecting after a Redis restart
+        "broker_transport": "framepool.broker:Transport",
         "result_backend": settings.redis_url,
         "broker_transport_options": transport,
         "result_backend_transport_options": {"health_check_interval": 15},

@@ -139,30 +139,110 @@ def submit(
 
 
 @main.command()
+@click.option("--model", "model_id", required=True)
+@click.option("--camera", "cameras", multiple=True, required=True,
+              help="camera id; repeat it, one per --source, for several cameras")  # fmt: skip
+@click.option("--source", "sources", multiple=True, required=True,
+              help="FILE, FOLDER, rtsp://…, http(s)://…, tcp://…, /dev/videoN or synthetic[?fps=…]")  # fmt: skip
+@click.option("--fps", type=click.FloatRange(0, min_open=True), default=None,
+              help="frames/s to send per camera, chosen by timestamp [every frame]")  # fmt: skip
+@click.option("--duration", type=click.FloatRange(0, min_open=True), default=None,
+              help="stop after S seconds [when the sources end]")  # fmt: skip
+@click.option("--count", type=click.IntRange(1), default=None,
+              help="stop each camera after N frames read (a synthetic camera never ends)")  # fmt: skip
+@click.option("--deadline-ms", type=click.FloatRange(0, min_open=True), default=None,
+              help="a frame not started within this expires")  # fmt: skip
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="frames per Redis pipeline")  # fmt: skip
+@click.option("--max-queued", default=256, show_default=True, type=click.IntRange(1),
+              help="files and folders wait while the model's queue holds this many")  # fmt: skip
+def ingest(
+    model_id: str,
+    cameras: tuple[str, ...],
+    sources: tuple[str, ...],
+    fps: float | None,
+    duration: float | None,
+    count: int | None,
+    deadline_ms: float | None,
+    batch_size: int,
+    max_queued: int,
+) -> None:
+    """Camera ingest: decode sources, sample at --fps, enqueue; a JSON summary at the end.
+
+    Several cameras: repeat --camera/--source pairs, matched in order
+    (--camera a --source a.mp4 --camera b --source rtsp://host/b). Live sources
+    reconnect when they drop and run until --duration, --count or Ctrl-C.
+    See docs/ingest.md.
+    """
+    settings = _settings()
+    if len(cameras) != len(sources):
+        _fail(f"give one --source per --camera (got {len(cameras)} and {len(sources)})")
+    interactive = sys.stdout.isatty()
+    from framepool.log import configure_logging
+    from producer.ingest import IngestConfig, LiveStderr, run_ingest
+    from producer.sources import FrameSource, open_source
+
+    if interactive:  # logs print above the progress display
+        configure_logging(settings.model_copy(update={"log_format": "console"}), LiveStderr())
+    else:
+        configure_logging(settings)
+
+    opened: list[FrameSource] = []
+    try:
+        config = IngestConfig(
+            model_id,
+            fps=fps,
+            duration=duration,
+            count=count,
+            deadline_ms=deadline_ms,
+            batch_size=batch_size,
+            max_queued=max_queued,
+        )
+        for camera_id, spec in zip(cameras, sources, strict=True):
+            opened.append(open_source(spec, camera_id))
+        _require_redis(settings)
+        from producer import FrameProducer
+
+        with FrameProducer(settings) as producer:
+            summary = run_ingest(producer, opened, config, progress=interactive)
+    except BrokerUnavailable as exc:
+        _fail(str(exc), EXIT_UNAVAILABLE)
+    except FramepoolError as exc:
+        _fail(str(exc))
+    finally:
+        for source in opened:
+            source.close()
+    click.echo(json.dumps(summary))
+    failed = [f"camera {c}: {v['error']}" for c, v in summary["cameras"].items() if v["error"]]
+    if failed:
+        _fail("; ".join(failed), 1)
+
+
+@main.command()
 @click.option("--camera", "camera_id", required=True)
 @click.option("--follow", is_flag=True, help="keep printing new results")
-@click.option("--count", default=100, show_default=True, help="results to print without --follow")
-def results(camera_id: str, follow: bool, count: int) -> None:
-    """Print a camera's results (JSON lines) from its Redis stream."""
+@click.option("--count", default=100, show_default=True, help="results to print first")
+@click.option("--skip-late", is_flag=True, help="leave out results that came out of seq order")
+def results(camera_id: str, follow: bool, count: int, skip_late: bool) -> None:
+    """Print a camera's results (JSON lines) from its Redis stream.
+
+    A result that arrived after one of a later frame (same camera and model)
+    carries "late": true; --skip-late leaves those out, so seq only rises.
+    """
     import redis
 
-    from framepool import keys
+    from producer.results import CameraResults
 
     settings = _settings()
     _require_redis(settings)
-    client = redis.Redis.from_url(settings.redis_url)
-    stream = keys.result_stream(camera_id)
-    entries = client.xrevrange(stream, count=count)[::-1]
-    last = b"$"
-    for entry_id, fields in entries:
-        click.echo(fields[b"result"].decode())
-        last = entry_id
+    reader = CameraResults(redis.Redis.from_url(settings.redis_url), camera_id, skip_late=skip_late)
+    for r in reader.recent(count):
+        click.echo(r.as_json())
+    if not follow:
+        return
     try:
-        while follow:
-            for _, batch in client.xread({stream: last}, block=1000, count=500) or []:
-                for entry_id, fields in batch:
-                    click.echo(fields[b"result"].decode())
-                    last = entry_id
+        for r in reader.follow():
+            click.echo(r.as_json())
     except KeyboardInterrupt:
         pass
 
@@ -193,6 +273,95 @@ def profile(worker_name: str, batches: int, model_id: str | None, timeout: float
     if "error" in answer:
         _fail(answer["error"])
     click.echo(json.dumps({"worker": worker_name, "pending_batches": answer["ok"]}))
+
+
+@main.command()
+@click.option("--model", "model_id", required=True)
+@click.option("--workers", "target", required=True, type=click.IntRange(0),
+              help="how many workers should consume the model's queue")  # fmt: skip
+@click.option("--timeout", default=2.0, show_default=True, type=click.FloatRange(0.1),
+              help="seconds to wait for the workers' replies")  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="print what would change, change nothing")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object instead of text")
+def scale(model_id: str, target: int, timeout: float, dry_run: bool, as_json: bool) -> None:
+    """Make N running workers consume MODEL's queue; the others keep running untouched.
+
+    Workers start or stop consuming through Celery's add_consumer/cancel_consumer. Only
+    workers that have the model loaded can take it (start more with `framepool worker
+    --models M` on any host with the same REDIS_URL); a restarted worker consumes all
+    its models again. Exits 3 when fewer workers than asked have the model loaded.
+    """
+    import redis
+
+    from framepool import keys
+    from framepool.celery_app import create_app
+    from monitoring.cluster import ClusterReader
+    from monitoring.scaling import LEAVING, USABLE, plan_consumers
+
+    settings = _settings()
+    _check_models(settings, [model_id])
+    _require_redis(settings)
+    reader = ClusterReader(redis.Redis.from_url(settings.redis_url, socket_timeout=5), settings)
+    live = {w.name: w for w in reader.read().workers if w.state not in LEAVING}
+    if not live:
+        _fail("no live workers (no heartbeats in Redis): start some first", EXIT_UNAVAILABLE)
+    app = create_app(settings)
+    names = sorted(live)
+    replies = app.control.inspect(destination=names, timeout=timeout, limit=len(names))
+    consuming = {
+        w: [q["name"] for q in qs] for w, qs in (replies.active_queues() or {}).items() if w in live
+    }
+    loaded = {w: (live[w].models.get(model_id) or {}).get("state") in USABLE for w in consuming}
+    change = plan_consumers(model_id, target, consuming, loaded)
+    queue = keys.queue_name(model_id)
+    failed: dict[str, str] = {}
+    for workers_, command in ((change.add, "add_consumer"), (change.remove, "cancel_consumer")):
+        for w in [] if dry_run else workers_:
+            got = getattr(app.control, command)(queue, destination=[w], reply=True, timeout=timeout)
+            answer = next((r[w] for r in got if w in r), None)
+            if not answer or "ok" not in answer:
+                failed[w] = str(answer or f"no reply within {timeout:g}s")
+    silent = sorted(set(live) - set(consuming))
+    added = [w for w in change.add if w not in failed]
+    removed = [w for w in change.remove if w not in failed]
+    after = sorted((set(change.before) | set(added)) - set(removed))
+    report: dict[str, Any] = {
+        "model_id": model_id,
+        "queue": queue,
+        "target": target,
+        "before": change.before,
+        "added": added,
+        "removed": removed,
+        "after": after,
+        "short": change.short,
+        "failed": failed,
+        "silent": silent,
+        "dry_run": dry_run,
+    }
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        note = "  (dry run: nothing changed)" if dry_run else ""
+        click.echo(f"{model_id}: {len(change.before)} -> {len(after)} worker(s){note}")
+        for w in added:
+            click.echo(f"  + {w}  starts consuming {queue}")
+        for w in removed:
+            click.echo(f"  - {w}  stops consuming {queue}")
+        for w, why in failed.items():
+            click.echo(f"  ! {w}  failed: {why}", err=True)
+        click.echo(f"consuming: {', '.join(after) or '(none: frames wait in the queue)'}")
+        if silent:
+            click.echo(f"no reply from: {', '.join(silent)}", err=True)
+    if change.short:
+        with_model = sorted(w for w, ok in loaded.items() if ok)
+        _fail(
+            f"{target} asked, but only {len(with_model)} live worker(s) have {model_id} loaded "
+            f"({', '.join(with_model) or 'none'}); start more with `framepool worker --models "
+            f"{model_id}` on any host with the same REDIS_URL",
+            EXIT_UNAVAILABLE,
+        )
+    if failed:
+        sys.exit(EXIT_UNAVAILABLE)
 
 
 def _serve(app: Any, host: str, port: int, name: str, hint: str) -> None:
@@ -250,6 +419,86 @@ def gateway(port: int | None) -> None:
         "gateway",
         "POST /inference, /v1/frames/<model>; API /docs",
     )
+
+
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=None, help="[FLOWER_PORT]")
+@click.option(
+    "--no-auth", is_flag=True, help="run Flower open, without FLOWER_BASIC_AUTH (not advised)"
+)
+def flower(port: int | None, no_auth: bool) -> None:
+    """Flower on framepool's Celery app: every frame task; basic auth from FLOWER_BASIC_AUTH."""
+    from framepool.flower import flower_argv, run_flower, users
+
+    settings = _settings()
+    if port is not None:
+        settings = settings.model_copy(update={"flower_port": port})
+    try:
+        argv = flower_argv(settings, no_auth=no_auth)
+    except FramepoolError as exc:
+        _fail(str(exc))
+    from framepool.log import configure_logging
+
+    configure_logging(settings)
+    _require_redis(settings)
+    who = ", ".join(users(settings)) or "NO AUTH"
+    click.echo(
+        f"framepool flower on http://{settings.server_host}:{settings.flower_port}/ "
+        f"(basic auth: {who}; API /api/tasks, /api/workers)",
+        err=True,
+    )
+    sys.exit(run_flower(settings, argv))
+
+
+@main.command()
+@click.option("--concurrency", default=16, show_default=True, type=click.IntRange(1, 1000),
+              help="deliveries in flight (threads)")  # fmt: skip
+@click.option("--name", help="worker name [callbacks@<host>]")
+def callbacks(concurrency: int, name: str | None) -> None:
+    """The webhook worker: POSTs results to their callback_url (queue framepool.callbacks)."""
+    settings = _settings()
+    from framepool.log import configure_logging
+
+    configure_logging(settings)
+    _require_redis(settings)
+    from workers.callbacks import run_callbacks_worker  # no torch
+
+    sys.exit(run_callbacks_worker(settings, concurrency, name))
+
+
+@main.command(name="dead-letters")
+@click.option("--kind", type=click.Choice(["callback", "frame"]), default=None,
+              help="only this kind [all]")  # fmt: skip
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1),
+              help="entries to list (or requeue)")  # fmt: skip
+@click.option("--requeue", is_flag=True,
+              help="send them again (callbacks redelivered, frames enqueued as new jobs "
+              "with the same correlation id), then drop them")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table")
+def dead_letters(kind: str | None, limit: int, requeue: bool, as_json: bool) -> None:
+    """Work framepool gave up on (webhooks that kept failing, ...), newest first."""
+    import redis
+    from rich.console import Console
+
+    from framepool import deadletters
+    from framepool.celery_app import create_app
+
+    settings = _settings()
+    _require_redis(settings)
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
+    if requeue:
+        report = deadletters.requeue(client, create_app(settings), kind=kind, limit=limit)
+        summary = {"requeued": report.requeued, "skipped": dict(report.skipped)}
+        click.echo(json.dumps(summary) if as_json else deadletters.describe(summary))
+        return
+    letters = [
+        deadletters.public(d.entry) for d in deadletters.read(client, kind=kind, limit=limit)
+    ]
+    if as_json:
+        for entry in letters:
+            click.echo(json.dumps(entry))
+        return
+    Console().print(deadletters.render_table(letters, deadletters.total(client)))
 
 
 @main.command()
@@ -318,7 +567,8 @@ def models_cmd() -> None:
 
 @main.command()
 @click.option("--gpus", default="all", show_default=True, help="all, none or a list like 0,1")
-@click.option("--workers-per-gpu", default=1, show_default=True, type=click.IntRange(1))
+@click.option("--workers-per-gpu", default=1, show_default=True, type=click.IntRange(1),
+              help="worker processes per GPU (CPU workers without one)")  # fmt: skip
 @click.option("--models", "models_", default="shape_detector", show_default=True)
 @click.option("--no-flower", is_flag=True, help="do not start Flower")
 @click.option("--no-gateway", is_flag=True, help="do not start the HTTP gateway")
@@ -331,7 +581,13 @@ def up(
     no_gateway: bool,
     no_monitor: bool,
 ) -> None:
-    """Start Redis (embedded when REDIS_URL is local and silent), the workers and the monitor."""
+    """Start Redis (embedded when REDIS_URL is local and silent), the workers and the monitor.
+
+    One worker per (GPU, slot), pinned with CUDA_VISIBLE_DEVICES; a crashed worker is
+    restarted with backoff, and one that keeps exiting stops everything (exit 6).
+    Ctrl-C or SIGTERM drains: workers hand back the frames they have not started and
+    finish their batches within SHUTDOWN_GRACE_SECONDS.
+    """
     from framepool.stack import Stack
 
     settings = _settings()
@@ -345,13 +601,19 @@ def up(
             models=model_ids,
             monitor=not no_monitor,
             gateway=not no_gateway,
+            flower=not no_flower,
         ) as st:
             st.print_urls()
             st.wait()
+            for message in st.supervisor.messages:  # a worker given up on: say so first
+                click.echo(f"error: {message}", err=True)
     except (FramepoolError, ValueError) as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
-        pass
+        return
+    if st.supervisor.exit_code:
+        click.echo(f"framepool up: stopped (exit {st.supervisor.exit_code})", err=True)
+        sys.exit(st.supervisor.exit_code)
 
 
 @main.command()
@@ -428,6 +690,44 @@ def bench_models(models_: str | None, batches: str | None, repeats: int | None, 
     from benchmarks.models import main as run
 
     sys.exit(run(settings, model_ids, sizes, repeats, out=Path(out), started=started))
+
+
+@bench.command(name="scale")
+@click.option("--model", "model_id", default="resnet18", show_default=True)
+@click.option("--workers", "counts", default="1,2,4", show_default=True,
+              help="worker processes per GPU (CPU workers without one), comma-separated")  # fmt: skip
+@click.option("--frames", default=400, show_default=True, type=click.IntRange(10))
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1))
+@click.option("--gpus", default="all", show_default=True, help="all, none or a list like 0,1")
+@click.option("--threads", default="auto", show_default=True,
+              help="torch threads per worker: auto (CPUs / workers on CPU) or a number")  # fmt: skip
+@click.option("--out", default="benchmarks/results/scale.json", show_default=True)
+@click.option("--no-docs", is_flag=True, help="leave docs/benchmarks.md alone (a trial run)")
+def bench_scale(
+    model_id: str,
+    counts: str,
+    frames: int,
+    repeats: int,
+    gpus: str,
+    threads: str,
+    out: str,
+    no_docs: bool,
+) -> None:
+    """Frames/s of one model with 1, 2, 4 ... worker processes (speed-up, efficiency)."""
+    started = time.time()
+    try:
+        numbers = [int(c) for c in _split(counts)]
+    except ValueError:
+        numbers = []
+    if not numbers or min(numbers) < 1:
+        _fail(f"--workers must be comma-separated integers >= 1, got {counts!r}")
+    if threads != "auto" and not (threads.isdigit() and int(threads) >= 1):
+        _fail(f"--threads must be auto or an integer >= 1, got {threads!r}")
+    _check_models(_settings(), [model_id])
+    from benchmarks.scale import main as run
+
+    sys.exit(run(model=model_id, counts=numbers, frames=frames, repeats=repeats, gpus=gpus,
+                 threads=threads, out=Path(out), docs=not no_docs, started=started))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -59,6 +59,10 @@ class ResultTimeout(Retryable, TimeoutError):
     """No result arrived within the timeout."""
 
 
+class WorkerStopping(Retryable):
+    """The worker is draining (SIGTERM): the frame goes back to its queue for another."""
+
+
 class ModelError(FramepoolError):
     """The model raised on input that was valid."""
 

@@ -33,12 +33,35 @@ def result_stream(camera_id: str) -> str:
     return f"{PREFIX}:results:{camera_id}"
 
 
+def result_order(camera_id: str) -> str:
+    """Hash model_id -> highest ``seq`` appended to the camera's stream for that model:
+    a result with a lower seq is appended marked ``late``, never inserted."""
+    return f"{PREFIX}:results:{camera_id}:order"
+
+
+def result_done(job_id: str) -> str:
+    """Set (NX, RESULT_TTL_SECONDS) by the first result written for ``job_id``: a frame
+    executed twice writes its stream entry, counts and webhook once."""
+    return f"{PREFIX}:done:{job_id}"
+
+
+def frame_attempts(job_id: str) -> str:
+    """How many times a redelivered frame was started alone (a poison frame's count)."""
+    return f"{PREFIX}:attempts:{job_id}"
+
+
+def latest_frame(model_id: str, camera_id: str) -> str:
+    """The job id of the newest frame queued for (model, camera) under latest-frame-wins;
+    a queued frame with another job id has been superseded."""
+    return f"{PREFIX}:latest:{model_id}:{camera_id}"
+
+
 #: Set of model ids some worker has registered as served (any host).
 SERVED_MODELS = f"{PREFIX}:models:served"
 
 
 def dropped_counter(model_id: str) -> str:
-    """Hash of frames dropped for ``model_id`` by reason (queue_full, expired, ...)."""
+    """Hash of frames dropped for ``model_id`` by reason (queue_full, expired, superseded, ...)."""
     return f"{PREFIX}:dropped:{model_id}"
 
 
@@ -62,6 +85,17 @@ def heartbeat_ttl(interval_s: float) -> int:
     """Seconds a heartbeat stays after its last write: three missed beats mean gone."""
     return max(2, int(round(3 * interval_s)))
 
+
+#: Webhook delivery: one light task per result with a callback_url, on its own queue
+#: (consumed by ``framepool callbacks``, never by a GPU worker).
+CALLBACK_TASK = "framepool.deliver_callback"
+CALLBACK_QUEUE = "framepool.callbacks"
+
+#: Hash of webhook delivery counts (delivered, failed, retried, dead_lettered).
+CALLBACK_STATS = f"{PREFIX}:callbacks:stats"
+
+#: Capped list of JSON dead letters (newest first), every kind (callback, frame).
+DEAD_LETTERS = f"{PREFIX}:dead-letters"
 
 #: Celery remote-control command: profile the next N batches on one worker.
 PROFILE_COMMAND = "framepool_profile"

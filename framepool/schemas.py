@@ -22,6 +22,7 @@ class FrameMeta(TypedDict):
     enqueued_at: float
     deadline_at: float | None  # epoch seconds; the frame is dropped if not started by then
     callback_url: NotRequired[str | None]
+    latest_wins: NotRequired[bool]  # drop me if a newer frame of my camera is queued
     format: str  # "jpeg" | "png"
     width: int
     height: int

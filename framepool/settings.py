@@ -13,12 +13,26 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 # The zoo ships beside the core package (``models/zoo``) in a checkout and in an
 # installed wheel alike; computing the path does not import ``models``.
 DEFAULT_MODELS_ROOT = Path(__file__).resolve().parent.parent / "models" / "zoo"
+
+
+class LivePolicy(BaseModel):
+    """How a model treats live frames (defaults for every submit to it).
+
+    ``deadline_ms``: a frame not started within this many ms of its enqueue is
+    answered ``expired``. ``latest_wins``: when a newer frame of the same camera
+    is queued, an older one not yet run is dropped as ``superseded``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    deadline_ms: float | None = Field(None, gt=0)
+    latest_wins: bool = False
 
 
 class Settings(BaseSettings):
@@ -69,10 +83,33 @@ class Settings(BaseSettings):
     max_queue_depth: int = Field(10000, ge=1)
     queue_full_policy: Literal["reject", "drop"] = "reject"
     frame_max_age_ms: int = Field(10000, ge=1)
+    # per-model live-frame policies, JSON: {"shape_detector": {"latest_wins": true,
+    # "deadline_ms": 500}}; a submit's own deadline_ms / latest_wins override them
+    live_policies: dict[str, LivePolicy] = Field(default_factory=dict)
     result_ttl_seconds: int = Field(3600, ge=1)
     result_stream_maxlen: int = Field(10000, ge=1)
-    visibility_timeout_seconds: int = Field(3600, ge=10)
+    visibility_timeout_seconds: int = Field(3600, ge=2)
+    # a redelivered frame runs alone; one started alone this many times (it kills
+    # its worker every time) is dead-lettered instead of run again
+    max_frame_attempts: int = Field(3, ge=1)
     worker_concurrency: int | None = Field(None, ge=1)
+
+    # --- scale-out: supervisor (`framepool up`), drain, scaling advice ---
+    # on SIGTERM/SIGINT a worker hands back the frames it has not started and finishes
+    # its running batches within this; then it hands back what is left and exits
+    shutdown_grace_seconds: float = Field(20.0, gt=0)
+    # a worker that exits more than WORKER_MAX_RESTARTS times within
+    # WORKER_RESTART_WINDOW_SECONDS is given up on (`framepool up` stops, exit 6);
+    # restarts wait WORKER_RESTART_BACKOFF_SECONDS, doubled each time, at most 30 s
+    worker_max_restarts: int = Field(5, ge=0)
+    worker_restart_window_seconds: float = Field(60.0, gt=0)
+    worker_restart_backoff_seconds: float = Field(1.0, gt=0)
+    # GET /api/v1/scaling (docs/scaling.md): rates over this window, workers kept this busy,
+    # and a backlog whose oldest frame is older than the target drained within DRAIN
+    scaling_window_seconds: float = Field(30.0, gt=0)
+    scaling_target_utilization: float = Field(0.8, gt=0, le=1)
+    scaling_target_queue_age_seconds: float = Field(2.0, gt=0)
+    scaling_drain_seconds: float = Field(30.0, gt=0)
 
     # --- frames ---
     max_frame_bytes: int = Field(20 * 1024 * 1024, ge=1024)
@@ -84,7 +121,18 @@ class Settings(BaseSettings):
     flower_port: int = Field(5555, ge=1, le=65535)
     api_token: str | None = None
     flower_basic_auth: str | None = None
+    # Flower's own option names: tasks kept in memory, seconds before an offline worker goes
+    flower_max_tasks: int = Field(10000, ge=100)
+    flower_purge_offline_workers: int = Field(600, ge=1)
     heartbeat_interval_seconds: float = Field(5.0, gt=0)
+
+    # --- webhooks (result callbacks) and dead letters ---
+    # HMAC key of X-Framepool-Signature; empty: unsigned (`framepool up` generates one)
+    callback_secret: SecretStr = SecretStr("")
+    callback_max_retries: int = Field(5, ge=0)  # retries after the first attempt
+    callback_backoff_seconds: float = Field(1.0, gt=0)  # base of the exponential backoff
+    callback_timeout_seconds: float = Field(5.0, gt=0)  # per HTTP attempt
+    dead_letter_maxlen: int = Field(10000, ge=1)
 
     # --- monitor: API, stream, alerts ---
     metrics_require_token: bool = False

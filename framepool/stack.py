@@ -1,7 +1,9 @@
 """``framepool up``: Redis (embedded if needed), supervised workers, the monitor and the gateway.
 
 The monitor and the gateway get an ``API_TOKEN``: the one in the settings, or
-one generated for this run and printed with the URLs.
+one generated for this run and printed with the URLs. Flower (unless
+``--no-flower``) gets ``FLOWER_BASIC_AUTH`` the same way, and the webhook
+worker (``framepool callbacks``) ``CALLBACK_SECRET``.
 
 Like the CLI, this launcher reaches into ``workers`` (for the supervisor) at
 call time; the rest of the core imports no other package.
@@ -24,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import redis
 
 from framepool import keys
+from framepool.flower import generate_basic_auth, parse_basic_auth
 from framepool.log import get_logger
 from framepool.redis_server import EmbeddedRedis, ensure_redis
 from framepool.settings import Settings
@@ -102,11 +105,14 @@ class Stack:
         models: list[str],
         monitor: bool = True,
         gateway: bool = True,
+        flower: bool = True,
     ) -> None:
-        from workers.supervisor import plan_workers
+        from workers.supervisor import plan_for
 
         self.settings = settings
-        self.specs = plan_workers(gpus, workers_per_gpu, models, socket.gethostname())
+        # one worker per (GPU, slot), models placed on each GPU's memory (docs/scaling.md)
+        self.plan = plan_for(settings, gpus, workers_per_gpu, models, socket.gethostname())
+        self.specs = self.plan.specs
         self.models = models
         self.redis_url = settings.redis_url
         self.embedded: EmbeddedRedis | None = None
@@ -115,6 +121,13 @@ class Stack:
         self.monitor = monitor
         self.gateway = gateway
         self.api_token = settings.api_token or secrets.token_urlsafe(18)
+        # the webhook worker's HMAC key: CALLBACK_SECRET, or generated for this run
+        self.callback_secret_generated = not settings.callback_secret.get_secret_value()
+        self.callback_secret = settings.callback_secret.get_secret_value() or secrets.token_hex(32)
+        self.flower = flower
+        # Flower's basic auth: FLOWER_BASIC_AUTH (checked now), or generated for this run
+        self.flower_auth = settings.flower_basic_auth or generate_basic_auth()
+        parse_basic_auth(self.flower_auth)
         self._stop = False
 
     def __enter__(self) -> Stack:
@@ -126,7 +139,9 @@ class Stack:
         if self.embedded is not None:  # ours alone: forget what earlier runs registered
             redis.Redis.from_url(self.redis_url).delete(keys.SERVED_MODELS)
         env = {"REDIS_URL": self.redis_url, "LOG_FORMAT": "json"}
-        self.supervisor = Supervisor(self.specs, env=env, log_dir=str(data_dir / "logs"))
+        self.supervisor = Supervisor.from_settings(
+            self.specs, self.settings, env=env, log_dir=data_dir / "logs"
+        )
         self.supervisor.start()
         svc_env = {**env, "API_TOKEN": self.api_token, "LOG_FORMAT": "json"}
         for name, wanted in (("monitor", self.monitor), ("gateway", self.gateway)):
@@ -134,6 +149,15 @@ class Stack:
                 service = Service(name, [name], svc_env, data_dir / "logs")
                 service.start()
                 self.services.append(service)
+        callbacks_env = {**env, "CALLBACK_SECRET": self.callback_secret}
+        service = Service("callbacks", ["callbacks"], callbacks_env, data_dir / "logs")
+        service.start()
+        self.services.append(service)
+        if self.flower:
+            flower_env = {**env, "FLOWER_BASIC_AUTH": self.flower_auth}
+            service = Service("flower", ["flower"], flower_env, data_dir / "logs")
+            service.start()
+            self.services.append(service)
         signal.signal(signal.SIGTERM, self._on_signal)
         return self
 
@@ -144,6 +168,8 @@ class Stack:
         print(f"redis    {mask_url(self.redis_url)}" + ("  (embedded)" if self.embedded else ""))
         for spec in self.specs:
             print(f"worker   {spec.name}  device={spec.device}  models={','.join(spec.models)}")
+        for note in self.plan.notes:
+            print(f"note     {note}")
         if self.monitor:
             host, port = self.settings.server_host, self.settings.monitor_port
             print(f"monitor  http://{host}:{port}/?token={self.api_token}  (dashboard)")
@@ -153,6 +179,14 @@ class Stack:
             print(f"gateway  http://{host}:{port}/inference  (POST frames; /docs)")
         if self.monitor or self.gateway:
             print(f"token    {self.api_token}  (Authorization: Bearer …, or ?token=)")
+        if self.callback_secret_generated:
+            print(f"webhooks secret {self.callback_secret}  (generated; set CALLBACK_SECRET)")
+        else:
+            print("webhooks signed with CALLBACK_SECRET  (queue framepool.callbacks)")
+        if self.flower:
+            host, port = self.settings.server_host, self.settings.flower_port
+            user, password = parse_basic_auth(self.flower_auth)[0]
+            print(f"flower   http://{host}:{port}/  user {user}  password {password}")
         print(f"logs     {self.settings.data_dir / 'logs'}")
 
     def wait_ready(self, timeout: float = 120.0) -> bool:
@@ -185,9 +219,29 @@ class Stack:
     def __exit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
-        for service in self.services:
+        # Drain: the gateway takes no more frames, the workers hand back the frames they
+        # have not started and finish their batches (SHUTDOWN_GRACE_SECONDS), then the
+        # other services stop. A second Ctrl-C or SIGTERM stops waiting for the workers.
+        def hurry(signum: int, frame: FrameType | None) -> None:
+            if self.supervisor is not None:
+                self.supervisor.hurry()
+
+        signal.signal(signal.SIGINT, hurry)
+        signal.signal(signal.SIGTERM, hurry)
+        first = [s for s in self.services if s.name == "gateway"]
+        for service in first:
             service.stop()
         if self.supervisor is not None:
+            if self.supervisor.pids():
+                print(
+                    f"draining workers (up to {self.settings.shutdown_grace_seconds:g} s; "
+                    "Ctrl-C again to stop them now)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             self.supervisor.stop()
+        for service in self.services:
+            if service not in first:
+                service.stop()
         if self.embedded is not None:
             self.embedded.stop()

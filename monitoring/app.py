@@ -32,6 +32,7 @@ from monitoring.auth import RateLimiter, needs_token, presented_token, token_ok
 from monitoring.cluster import ClusterReader, ClusterSnapshot
 from monitoring.collector import FramepoolCollector
 from monitoring.rates import RateTracker
+from monitoring.scaling import ScalingPolicy, ScalingTracker
 from monitoring.stream import StreamHub
 
 log = get_logger(__name__)
@@ -68,6 +69,7 @@ class MonitorState:
         self.snapshot: ClusterSnapshot | None = None
         self.previous: ClusterSnapshot | None = None
         self.rates = RateTracker()
+        self.scaling = ScalingTracker(ScalingPolicy.from_settings(settings))
         self.started = time.monotonic()
         self.redis_ok = False
         self.polls = 0
@@ -76,7 +78,9 @@ class MonitorState:
             settings.ws_max_message_bytes,
             settings.ws_send_timeout_seconds,
         )
-        self.collector = FramepoolCollector(self.current, self.alerts.active)
+        self.collector = FramepoolCollector(
+            self.current, self.alerts.active, scaling=self.scaling.report
+        )
         self.registry = CollectorRegistry()
         self.registry.register(self.collector)
 
@@ -96,6 +100,7 @@ class MonitorState:
         changed = self.alerts.evaluate(snap)
         self.previous, self.snapshot = self.snapshot, snap
         self.rates.update(snap)
+        self.scaling.update(snap)
         self.redis_ok = True
         self.polls += 1
         return changed
@@ -306,6 +311,38 @@ def create_app(
                 }
                 for m in s.models.values()
             ],
+        }
+
+    @app.get("/api/v1/scaling")
+    def scaling() -> dict[str, Any]:
+        """Recommended workers per model, for an operator or an autoscaler.
+
+        Over the last ``SCALING_WINDOW_SECONDS`` (docs/scaling.md):
+
+        - arrival rate λ (frames/s entering the queue) = frames completed/s (workers'
+          heartbeat counters) + change of the queue depth/s;
+        - service rate μ of one worker (frames/s it completes when busy): measured over a
+          window in which the queue never emptied, else estimated from model time;
+        - backlog B = queue depth when the oldest frame is older than
+          ``SCALING_TARGET_QUEUE_AGE_SECONDS``, else 0;
+        - ``recommended_workers = ceil((λ + B / SCALING_DRAIN_SECONDS) / (μ ×
+          SCALING_TARGET_UTILIZATION))``; 0 when nothing arrives or waits, at least 1
+          otherwise, the current count while λ or μ is unknown.
+
+        Also exported as ``framepool_recommended_workers{model_id}`` beside
+        ``framepool_model_workers{model_id}`` (workers consuming the model's queue).
+        """
+        s = snap()
+        p = state.scaling.policy
+        return {
+            "timestamp": views.iso(s.taken_at),
+            "policy": {
+                "window_s": p.window_s,
+                "target_utilization": p.target_utilization,
+                "target_queue_age_s": p.target_queue_age_s,
+                "drain_s": p.drain_s,
+            },
+            "models": state.scaling.report(s),
         }
 
     @app.websocket("/api/v1/gpu/stream")

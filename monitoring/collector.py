@@ -93,25 +93,34 @@ class _Families:
         self.proc_mem = g("framepool_worker_process_gpu_memory_bytes", "GPU memory used by the worker's own process (NVML).", labels=["worker", "gpu"])  # fmt: skip
         self.depth = g("framepool_queue_depth", "Frames waiting in the model's queue (all priorities).", labels=["model_id"])  # fmt: skip
         self.oldest = g("framepool_queue_oldest_age_seconds", "Age of the oldest waiting frame (0 when the queue is empty).", labels=["model_id"])  # fmt: skip
-        self.dropped = c("framepool_frames_dropped_total", "Frames dropped before inference by reason (queue_full, ...).", labels=["model_id", "reason"])  # fmt: skip
+        self.dropped = c("framepool_frames_dropped_total", "Frames dropped before inference by reason (queue_full, expired, superseded).", labels=["model_id", "reason"])  # fmt: skip
+        self.duplicates = c("framepool_duplicate_results_total", "Frames executed more than once (redelivered after a lost worker or a visibility timeout) whose later result was not written again.", labels=["model_id"])  # fmt: skip
         self.batch_size = h("framepool_batch_size", "Frames per batch, over the model's workers.", labels=M)  # fmt: skip
         self.batch_wait = h("framepool_batch_wait_seconds", "Time a frame waited for its batch to fill, in seconds.", labels=M)  # fmt: skip
         self.stage = h("framepool_stage_duration_seconds", "Per-stage frame time in seconds (queue, batch_wait, decode, preprocess, host_to_device, inference, postprocess, total), over the model's workers.", labels=[*M, "stage"])  # fmt: skip
         self.up = g("framepool_worker_up", "1 for a worker with a live heartbeat, 0 for one whose heartbeat expired.", labels=["worker", "hostname"])  # fmt: skip
         self.alert = g("framepool_alert_active", "1 for each active alert.", labels=["rule", "severity", "subject"])  # fmt: skip
         self.celery = g("celery_queue_length", "Messages in the Celery queue (as celery-exporter names it).", labels=["queue_name"])  # fmt: skip
+        self.recommended = g("framepool_recommended_workers", "Workers the model needs for its arrival rate, service rate and queue age (GET /api/v1/scaling, docs/scaling.md); for an autoscaler.", labels=["model_id"])  # fmt: skip
+        self.model_workers = g("framepool_model_workers", "Live workers consuming the model's queue now.", labels=["model_id"])  # fmt: skip
 
     def all(self) -> list[Family]:
         return list(vars(self).values())
 
 
-def build_families(snap: ClusterSnapshot | None, alerts: Iterable[Any] = ()) -> list[Family]:
-    """Every metric family for ``snap`` (families without samples when it is ``None``)."""
+def build_families(
+    snap: ClusterSnapshot | None, alerts: Iterable[Any] = (), scaling: Iterable[Any] = ()
+) -> list[Family]:
+    """Every metric family for ``snap`` (families without samples when it is ``None``);
+    ``scaling``: the rows of ``ScalingTracker.report`` for it."""
     f = _Families()
     if snap is not None:
         _models(f, snap, _workers(f, snap))
         _gpus(f, snap)
         _queues(f, snap)
+    for row in scaling:
+        f.recommended.add_metric([row["model_id"]], row["recommended_workers"])
+        f.model_workers.add_metric([row["model_id"]], row["current_workers"])
     for a in alerts:
         state = _field(a, "state")
         if state in ("", "active"):
@@ -200,7 +209,10 @@ def _queues(f: _Families, snap: ClusterSnapshot) -> None:
             f.oldest.add_metric([model_id], q.oldest_age_s or 0.0)
         f.requests.add_metric([model_id, "", "rejected"], q.dropped.get("queue_full", 0))
         for reason, n in sorted(q.dropped.items()):
-            f.dropped.add_metric([model_id, reason], n)
+            if reason == "duplicate":  # not a dropped frame: a second execution's result
+                f.duplicates.add_metric([model_id], n)
+            else:
+                f.dropped.add_metric([model_id, reason], n)
 
 
 @dataclass
@@ -227,9 +239,11 @@ class FramepoolCollector:
         self,
         get_snapshot: Callable[[], ClusterSnapshot | None],
         alerts: Callable[[], list[Any]] | None = None,
+        scaling: Callable[[ClusterSnapshot], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.get_snapshot = get_snapshot
         self.alerts = alerts
+        self.scaling = scaling
         self._last: _Scrape | None = None
 
     def describe(self) -> list[Metric]:
@@ -266,7 +280,13 @@ class FramepoolCollector:
         last = self._last
         if last is not None and last.snap is snap and last.alert_key == alert_key:
             return last  # the same snapshot scraped again (several scrapers)
-        self._last = _Scrape(snap, alert_key, build_families(snap, active))
+        rows: list[dict[str, Any]] = []
+        if self.scaling is not None and snap is not None:
+            try:
+                rows = self.scaling(snap)
+            except Exception as exc:
+                log.warning("metrics_scaling_failed", error=repr(exc))
+        self._last = _Scrape(snap, alert_key, build_families(snap, active, rows))
         return self._last
 
 

@@ -119,10 +119,23 @@ class FrameProducer:
         correlation_id: str | None = None,
         deadline_ms: float | None = None,
         callback_url: str | None = None,
+        latest_wins: bool | None = None,
     ) -> FrameHandle:
-        """Enqueue one frame (JPEG/PNG bytes or HxWx3 uint8 array)."""
+        """Enqueue one frame (JPEG/PNG bytes or HxWx3 uint8 array).
+
+        ``deadline_ms`` and ``latest_wins`` default to the model's
+        ``LIVE_POLICIES`` entry; ``latest_wins`` needs a ``camera_id``.
+        """
         item = self._prepare(
-            model_id, frame, camera_id, seq, captured_at, correlation_id, deadline_ms, callback_url
+            model_id,
+            frame,
+            camera_id,
+            seq,
+            captured_at,
+            correlation_id,
+            deadline_ms,
+            callback_url,
+            latest_wins,
         )
         return self._send_all([item])[0]
 
@@ -179,6 +192,7 @@ class FrameProducer:
         correlation_id: str | None = None,
         deadline_ms: float | None = None,
         callback_url: str | None = None,
+        latest_wins: bool | None = None,
     ) -> _Prepared:
         if not isinstance(model_id, str) or not model_id:
             raise BadInput("model_id must be a non-empty string")
@@ -190,8 +204,15 @@ class FrameProducer:
         info = codec.probe(frame, max_bytes=s.max_frame_bytes, max_pixels=s.max_frame_pixels)
         if seq is not None and (not isinstance(seq, int) or seq < 0):
             raise BadInput(f"seq must be a non-negative integer, got {seq!r}")
+        policy = s.live_policies.get(model_id)
+        if deadline_ms is None and policy is not None:
+            deadline_ms = policy.deadline_ms
         if deadline_ms is not None and not deadline_ms > 0:
             raise BadInput(f"deadline_ms must be positive, got {deadline_ms!r}")
+        if latest_wins is None:
+            latest_wins = policy is not None and policy.latest_wins and camera_id is not None
+        elif latest_wins and not camera_id:
+            raise BadInput("latest_wins needs a camera_id: it keeps the newest frame per camera")
         if callback_url is not None and not str(callback_url).startswith(("http://", "https://")):
             raise BadInput("callback_url must be an http:// or https:// URL")
         cid = correlation.normalize(correlation_id)
@@ -204,11 +225,12 @@ class FrameProducer:
             "enqueued_at": now,
             "deadline_at": now + deadline_ms / 1000.0 if deadline_ms else None,
             "callback_url": callback_url,
+            "latest_wins": bool(latest_wins),
             "format": info.format,
             "width": info.width,
             "height": info.height,
         }
-        argsrepr = f"frame<{info.describe()}> cam={camera_id} seq={seq}"
+        argsrepr = f"frame<{info.describe()}> model={model_id} cam={camera_id} seq={seq} cid={cid}"
         data = frame if isinstance(frame, bytes) else bytes(frame)
         return _Prepared(data, meta, correlation.new_id(), cid, argsrepr)
 
@@ -259,6 +281,7 @@ class FrameProducer:
         if not items:
             return
         try:
+            self._mark_latest(items)
             with self.app.producer_or_acquire() as producer, _maybe_batch(producer, len(items)):
                 for item in items:
                     item.meta["enqueued_at"] = time.time()  # after the depth check's round trip
@@ -275,6 +298,22 @@ class FrameProducer:
                     )
         except (redis.RedisError, OSError) as exc:
             raise BrokerUnavailable(f"cannot enqueue: Redis unreachable: {exc}") from exc
+
+    def _mark_latest(self, items: list[_Prepared]) -> None:
+        """Latest-frame-wins: record each camera's newest job id *before* publishing,
+        so a worker never sees a frame newer than the key (it would drop it)."""
+        newest: dict[str, str] = {}
+        for item in items:
+            m = item.meta
+            if m.get("latest_wins") and m["camera_id"]:
+                newest[keys.latest_frame(m["model_id"], m["camera_id"])] = item.job_id
+        if not newest:
+            return
+        ttl = self.settings.result_ttl_seconds
+        with self.redis.pipeline(transaction=False) as pipe:
+            for key, job_id in newest.items():
+                pipe.set(key, job_id, ex=ttl)
+            pipe.execute()
 
     def _count_refused(self, refused: Counter[str]) -> None:
         try:
@@ -300,6 +339,7 @@ _SUBMIT_ARGS = {
     "correlation_id",
     "deadline_ms",
     "callback_url",
+    "latest_wins",
 }
 
 

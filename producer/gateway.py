@@ -145,6 +145,7 @@ def create_gateway(settings: Settings, producer: FrameProducer | None = None) ->
             captured_at=req.captured_at,
             deadline_ms=req.deadline_ms,
             callback_url=req.callback_url,
+            latest_wins=req.latest_wins,
         )
         result = jobs.wait(handle, timeout)
         return {**result.model_dump(mode="json"), "request_id": result.correlation_id}
@@ -164,6 +165,7 @@ def create_gateway(settings: Settings, producer: FrameProducer | None = None) ->
         captured_at: float | None = None,
         deadline_ms: Annotated[float | None, Query(gt=0)] = None,
         callback_url: str | None = None,
+        latest_wins: bool | None = None,
         wait: bool = False,
         timeout: Timeout = DEFAULT_WAIT_S,
     ) -> JSONResponse:
@@ -176,6 +178,7 @@ def create_gateway(settings: Settings, producer: FrameProducer | None = None) ->
             "captured_at": captured_at,
             "deadline_ms": deadline_ms,
             "callback_url": callback_url,
+            "latest_wins": latest_wins,
         }
         cid = correlation_for(request)
         handle = await blocking(jobs.enqueue, model_id, body, correlation_id=cid, **fields)

@@ -52,6 +52,9 @@ class InferenceRequest(BaseModel):
     correlation_id: str | None = Field(None, description="X-Request-ID takes precedence")
     request_id: str | None = Field(None, description="the reference's name for correlation_id")
     callback_url: str | None = None
+    latest_wins: bool | None = Field(
+        None, description="drop this frame if a newer one of its camera is queued"
+    )
 
 
 def json_body_limit(max_frame_bytes: int) -> int:

@@ -56,6 +56,7 @@ class GatewayJobs:
         captured_at: float | None = None,
         deadline_ms: float | None = None,
         callback_url: str | None = None,
+        latest_wins: bool | None = None,
     ) -> FrameHandle:
         """Put a checked frame on ``model_id``'s queue; 404/429/503 raised as ``ApiError``."""
         handle = self.producer.submit(
@@ -67,6 +68,7 @@ class GatewayJobs:
             correlation_id=correlation_id,
             deadline_ms=deadline_ms,
             callback_url=callback_url,
+            latest_wins=latest_wins,
         )
         if handle.refused is not None:  # QUEUE_FULL_POLICY=drop: counted, not raised
             raise from_framepool(handle.refused)

@@ -16,6 +16,7 @@ import redis
 from framepool import keys
 from framepool.redis_server import EmbeddedRedis
 from framepool.settings import DEFAULT_MODELS_ROOT, Settings
+from tests.services import Gateway
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,3 +125,17 @@ def start_worker(redis_url: str, tmp_path: Path) -> Iterator:
     yield _start
     for w in started:
         w.stop()
+
+
+@pytest.fixture()
+def start_gateway(redis_url: str, tmp_path: Path) -> Iterator:
+    started: list[Gateway] = []
+
+    def _start(redis: str | None = None, **env: str) -> Gateway:
+        g = Gateway(redis or redis_url, tmp_path / f"gateway-{len(started)}.log", **env)
+        started.append(g)
+        return g
+
+    yield _start
+    for g in started:
+        g.stop()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -26,13 +27,14 @@ class ServiceProcess:
         *,
         ready_path: str,
         timeout: float = 30.0,
+        args: tuple[str, ...] = (),
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "framepool.cli", command, "--port", str(self.port)],
+            [sys.executable, "-m", "framepool.cli", command, "--port", str(self.port), *args],
             env={**os.environ, "SERVER_HOST": "127.0.0.1", **env},
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -65,3 +67,22 @@ class ServiceProcess:
                 self.proc.wait()
         if not self._log.closed:
             self._log.close()
+
+
+class Gateway(ServiceProcess):
+    def __init__(self, redis_url: str, log_path: Path, **env: str) -> None:
+        super().__init__(
+            "gateway",
+            {"REDIS_URL": redis_url, "LOG_FORMAT": "json", **env},
+            log_path,
+            ready_path="/metrics",  # /health is 503 while Redis is away, by design
+        )
+        self.headers: dict[str, str] = {}
+
+    def post(self, path: str, **kw: Any) -> httpx.Response:
+        headers = {**self.headers, **kw.pop("headers", {})}
+        return httpx.post(f"{self.url}{path}", headers=headers, timeout=60, **kw)
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        headers = {**self.headers, **kw.pop("headers", {})}
+        return httpx.get(f"{self.url}{path}", headers=headers, timeout=60, **kw)

@@ -11,6 +11,12 @@ the models that are ready. Exit codes:
 - ``4`` (``EXIT_NO_MODELS``) no model could be loaded;
 - ``5`` (``EXIT_DEVICE_LOST``) a sticky CUDA error: the frames in flight were
   requeued for a healthy worker, and a supervisor should start a fresh process.
+
+SIGTERM or SIGINT drains (Celery's warm shutdown, plus :func:`_drain_on_shutdown`):
+the frames not yet in a batch go back to their queues at once, the running batches
+finish, and after ``SHUTDOWN_GRACE_SECONDS`` whatever still runs is handed back too
+and the process exits. The heartbeat lists the queues the worker consumes now
+(``queues``), which ``framepool scale`` changes at run time.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import logging
 import os
 import signal
 import socket
+import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -97,7 +105,12 @@ def run_worker(
         sampler=NvmlSampler(pids=[os.getpid()]),
     )
     _runtime = runtime
-    heartbeat = Heartbeat(client, name, settings.heartbeat_interval_seconds, runtime.snapshot)
+    consumer: list[Any] = []  # Celery's consumer, once ready: the queues it consumes
+
+    def snapshot() -> dict[str, Any]:
+        return {**runtime.snapshot(), "queues": _consumed_queues(consumer)}
+
+    heartbeat = Heartbeat(client, name, settings.heartbeat_interval_seconds, snapshot)
     heartbeat.start()
     if not runtime.ready_models:
         log.error("worker_no_models", worker=name, asked=list(model_ids))
@@ -114,7 +127,8 @@ def run_worker(
     runtime.start()
 
     @signals.worker_ready.connect(weak=False)
-    def _ready(**_: object) -> None:
+    def _ready(sender: Any = None, **_: object) -> None:
+        consumer.append(sender)
         runtime.state = "ready"
         heartbeat.beat_now()
         log.info(
@@ -136,9 +150,12 @@ def run_worker(
         without_gossip=True,
         optimization="fair",
     )
+    stopped = threading.Event()
+    _drain_on_shutdown(settings, runtime, heartbeat, consumer, stopped)
     try:
         worker.start()
     finally:
+        stopped.set()
         runtime.stop()
         heartbeat.stop(runtime.state)
         _runtime = None
@@ -146,3 +163,74 @@ def run_worker(
     if runtime.fatal is not None:
         return EXIT_DEVICE_LOST
     return int(worker.exitcode or 0)
+
+
+def _consumed_queues(consumer: list[Any]) -> list[str] | None:
+    """The queues Celery's consumer takes frames from now (``None`` before it is up)."""
+    task_consumer = getattr(consumer[0], "task_consumer", None) if consumer else None
+    if task_consumer is None:
+        return None
+    return sorted(q.name for q in list(task_consumer.queues))
+
+
+def _drain_on_shutdown(
+    settings: Settings,
+    runtime: WorkerRuntime,
+    heartbeat: Heartbeat,
+    consumer: list[Any],
+    stopped: threading.Event,
+) -> None:
+    """On Celery's shutdown signal (SIGTERM, SIGINT, SIGQUIT) hand back the frames not yet
+    in a batch at once (:meth:`WorkerRuntime.drain`). If the worker has not stopped
+    ``SHUTDOWN_GRACE_SECONDS`` later (a batch still in the model), hand back every frame
+    not yet acknowledged and exit: nothing waits for the visibility timeout.
+
+    Celery acks and rejects through its consumer's event loop, which a warm shutdown has
+    stopped: its own reject would only reach Redis when the worker closes its channel.
+    So the messages are rejected here directly (:func:`_reject_now`), and at the end of
+    the grace kombu's restore of everything unacknowledged (what closing the channel
+    does) runs before the process exits."""
+    grace = settings.shutdown_grace_seconds
+    begun = threading.Event()
+
+    def hand_back() -> None:
+        handed = runtime.drain(_reject_now)
+        heartbeat.beat_now()
+        log.info("worker_draining", worker=runtime.name, handed_back=handed, grace_s=grace)
+        if stopped.wait(grace):
+            return
+        late = sum(1 for r in list(worker_state.active_requests) if not r.acknowledged)
+        try:
+            consumer[0].task_consumer.channel.qos.restore_unacked_once()
+        except Exception as exc:  # the frames then come back after the visibility timeout
+            log.error("drain_restore_failed", worker=runtime.name, error=repr(exc))
+        log.warning("drain_grace_expired", worker=runtime.name, handed_back=late, grace_s=grace)
+        heartbeat.stop("stopped")
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        os._exit(EXIT_OK)  # the model's thread cannot be interrupted; the frames are safe
+
+    @signals.worker_shutting_down.connect(weak=False)
+    def _shutting_down(**_: object) -> None:
+        # inside Celery's signal handler: the work happens in a thread of its own
+        if not begun.is_set():
+            begun.set()
+            threading.Thread(target=hand_back, name="drain", daemon=True).start()
+
+    @signals.task_prerun.connect(weak=False)
+    def _received_while_draining(task_id: str | None = None, **_: object) -> None:
+        if begun.is_set() and task_id:  # fetched as the drain began: straight back
+            _reject_now([task_id])
+
+
+def _reject_now(job_ids: list[str]) -> None:
+    """Put these frames' messages back on their queues now (see :func:`_drain_on_shutdown`)."""
+    wanted = set(job_ids)
+    for request in list(worker_state.active_requests):
+        if request.id not in wanted or request.acknowledged:
+            continue
+        request.acknowledged = True  # Celery's own reject of it is a no-op from now on
+        try:
+            request.message.reject(requeue=True)
+        except Exception as exc:  # restored when the channel closes instead
+            log.warning("hand_back_failed", job_id=request.id, error=repr(exc))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,10 @@ class FrameRecord:
     correlation_id: str
     meta: FrameMeta
     timings: dict[str, float] = field(default_factory=dict)
+    # delivered before (its worker died, or a visibility timeout passed): it runs
+    # alone, and its encoded frame is kept for a dead letter
+    redelivered: bool = False
+    frame: bytes | None = None
 
     @property
     def deadline_at(self) -> float | None:
@@ -88,32 +93,119 @@ def build_result(
     }
 
 
-class StreamWriter:
-    """Appends results to ``framepool:results:<camera_id>``, one pipeline per batch."""
+# Writes each result once per job_id, to its camera's stream, and marks, per
+# (camera, model), a result that arrives after one of a later frame: ``order`` is
+# "late" when its seq is below the highest appended so far *and* it was enqueued
+# before that one (a camera that restarts its seq from 0 is not late, it starts
+# over). A job_id already written (a frame executed twice: redelivered after a
+# lost worker or a visibility timeout) writes nothing and is returned.
+# KEYS per result: its done marker, its stream and order hash ("" without camera).
+# ARGV: maxlen, ttl, then per result model_id, seq (-1: none), enqueued_at,
+# job_id, status, result JSON.
+_APPEND = """
+local maxlen, ttl = ARGV[1], ARGV[2]
+local dups = {}
+for i = 1, #KEYS / 3 do
+  local done, stream, order = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+  local a = 3 + (i - 1) * 6
+  if not redis.call('SET', done, '1', 'NX', 'EX', ttl) then
+    table.insert(dups, ARGV[a + 3])
+  elseif stream ~= '' then
+    local model, seq, enq = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+    local mark = 'in'
+    if seq >= 0 then
+      local last = redis.call('HGET', order, model)
+      local sep = last and string.find(last, ':', 1, true)
+      if sep and seq < tonumber(string.sub(last, 1, sep - 1))
+          and enq < tonumber(string.sub(last, sep + 1)) then
+        mark = 'late'
+      else
+        redis.call('HSET', order, model, ARGV[a + 1] .. ':' .. ARGV[a + 2])
+      end
+    end
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'job_id', ARGV[a + 3],
+               'seq', ARGV[a + 1], 'status', ARGV[a + 4], 'order', mark, 'result', ARGV[a + 5])
+  end
+end
+return dups
+"""
 
-    def __init__(self, client: redis.Redis, maxlen: int) -> None:
+
+def drop_reason(result: Mapping[str, Any]) -> str | None:
+    """Why a frame was dropped before inference (``expired``/``superseded``), or None.
+
+    (The same counter hash holds ``queue_full``, counted by the producer, and
+    ``duplicate``: a second execution's result, not written again.)"""
+    if result["status"] != Status.expired.value:
+        return None
+    err = result.get("error") or {}
+    return "superseded" if err.get("type") == "Superseded" else "expired"
+
+
+class StreamWriter:
+    """Writes each batch's results once per job_id: the camera streams (in ``seq``
+    order per model, late ones marked), the drop and duplicate counts; one round
+    trip per batch."""
+
+    def __init__(self, client: redis.Redis, maxlen: int, ttl_s: int = 3600) -> None:
         self.client = client
         self.maxlen = maxlen
+        self.ttl_s = ttl_s
+        self._append = client.register_script(_APPEND)
 
-    def write(self, results: Iterable[Mapping[str, Any]]) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        n = 0
+    def write(self, results: Iterable[Mapping[str, Any]]) -> set[str]:
+        """Write ``results``; the job ids that had been written before (duplicates)."""
+        script_keys: list[str] = []
+        args: list[Any] = [self.maxlen, self.ttl_s]
+        drops: Counter[tuple[str, str]] = Counter()
+        models: dict[str, str] = {}
         for r in results:
+            reason = drop_reason(r)
+            if reason is not None:
+                drops[(r["model_id"], reason)] += 1
             camera = r.get("camera_id")
-            if not camera:
-                continue
-            fields = {
-                "job_id": r["job_id"],
-                "seq": -1 if r.get("seq") is None else r["seq"],
-                "status": r["status"],
-                "result": json.dumps(r, separators=(",", ":")),
-            }
-            pipe.xadd(keys.result_stream(camera), fields, maxlen=self.maxlen, approximate=True)
-            n += 1
-        if not n:
-            return
+            models[r["job_id"]] = r["model_id"]
+            script_keys += [
+                keys.result_done(r["job_id"]),
+                keys.result_stream(camera) if camera else "",
+                keys.result_order(camera) if camera else "",
+            ]
+            seq = r.get("seq")
+            args += [
+                r["model_id"],
+                -1 if seq is None else seq,
+                repr(float(r.get("enqueued_at") or 0.0)),
+                r["job_id"],
+                r["status"],
+                json.dumps(r, separators=(",", ":")) if camera else "",
+            ]
+        if not script_keys:
+            return set()
+        pipe = self.client.pipeline(transaction=False)
+        self._append(keys=script_keys, args=args, client=pipe)
+        try:
+            replies = pipe.execute()
+        except redis.RedisError as exc:
+            # The result backend still holds every result; the stream is a convenience.
+            log.error("result_stream_write_failed", error=str(exc), results=len(models))
+            return set()
+        dups = {_text(j) for j in replies[0] or []}
+        for job_id in dups:
+            drops[(models[job_id], "duplicate")] += 1
+            log.warning("result_duplicate", job_id=job_id, model_id=models[job_id])
+        if drops:
+            self._count(drops)
+        return dups
+
+    def _count(self, drops: Counter[tuple[str, str]]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for (model_id, reason), n in drops.items():
+            pipe.hincrby(keys.dropped_counter(model_id), reason, n)
         try:
             pipe.execute()
         except redis.RedisError as exc:
-            # The result backend still holds every result; the stream is a convenience.
-            log.error("result_stream_write_failed", error=str(exc), results=n)
+            log.warning("drop_count_failed", error=str(exc))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -45,6 +45,8 @@ log = get_logger(__name__)
 # each finished frame's record (its meta: camera, callback_url, ...) with its result
 Finish = Callable[[list[tuple[FrameRecord, dict[str, Any]]]], None]
 Done = list[tuple["FrameJob", dict[str, Any]]]
+# job ids of the batch's frames that a newer frame of their camera has superseded
+Screen = Callable[[list["FrameJob"]], set[str]]
 
 
 @dataclass(slots=True)
@@ -102,6 +104,9 @@ class ModelRunner:
         health: ModelHealth | None = None,
         profiler: BatchProfiler | None = None,
         on_fatal: Callable[[BaseException], None] | None = None,
+        screen: Screen | None = None,
+        attempt: Callable[[FrameJob], str | None] | None = None,
+        survived: Callable[[FrameJob], None] | None = None,
     ) -> None:
         self.model = model
         self.origin = origin
@@ -112,8 +117,12 @@ class ModelRunner:
         self.health = health
         self.profiler = profiler
         self.on_fatal = on_fatal
+        self.screen = screen
+        self.attempt = attempt
+        self.survived = survived
         self.stats = ModelStats()
         self.fatal: BaseException | None = None
+        self.draining: BaseException | None = None  # set by drain(): refuse new frames
         self.in_flight = 0  # submitted and not yet resolved
         self._lock = threading.Lock()
         self._q: queue.Queue[FrameJob | object] = queue.Queue()
@@ -138,9 +147,36 @@ class ModelRunner:
             if self.fatal is not None:
                 job.future.set_exception(DeviceLost(str(self.fatal)))
                 return job.future
+            if self.draining is not None:
+                job.future.set_exception(self.draining)
+                return job.future
             self.in_flight += 1
         self._q.put(job)
         return job.future
+
+    def drain(self, exc: BaseException) -> list[FrameJob]:
+        """Stop taking frames (the worker is stopping): every later ``submit`` fails with
+        ``exc``, and the frames not yet in a batch are taken out and returned; the caller
+        fails their futures (after handing their messages back). The batch being formed
+        or run finishes."""
+        with self._lock:
+            self.draining = exc
+        waiting: list[FrameJob] = []
+        stop = False
+        while True:
+            try:
+                item = self._q.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, FrameJob):
+                waiting.append(item)
+            else:
+                stop = True
+        if stop:
+            self._q.put(STOP)
+        with self._lock:
+            self.in_flight -= len(waiting)
+        return waiting
 
     # ------------------------------------------------------------------ loop
     def _loop(self) -> None:
@@ -204,14 +240,25 @@ class ModelRunner:
                     ),
                 )
             )
-        if batch.items:
-            self.stats.record_batch(len(batch.items))
-            done.extend(self._infer_batch(batch.items))
+        done.extend(self._drop_superseded(batch))
+        fresh = [j for j in batch.items if not j.record.redelivered]
+        if fresh:
+            self.stats.record_batch(len(fresh))
+            done.extend(self._infer_batch(fresh))
+        self._complete(done, ran=len(fresh))
+        for job in batch.items:
+            if job.record.redelivered:  # each answered before the next one runs
+                self._complete(self._run_alone(job), ran=1)
+
+    def _complete(self, done: Done, ran: int) -> None:
+        """Count ``done``, hand each result to its task thread, then write them out."""
+        if not done:
+            return
         results = [r for _, r in done]
         self.stats.record_results(results)
-        if self.health is not None and batch.items:
+        if self.health is not None and ran:
             errors = sum(1 for r in results if r["status"] == Status.error.value)
-            self.health.record(ok=len(batch.items) - errors, errors=errors)
+            self.health.record(ok=ran - errors, errors=errors)
         # Release the task threads first: the stream write is a Redis round trip
         # they need not wait for (the result backend gets each result from its task).
         for job, result in done:
@@ -219,6 +266,41 @@ class ModelRunner:
         with self._lock:
             self.in_flight -= len(done)
         self.finish([(job.record, result) for job, result in done])
+
+    def _drop_superseded(self, batch: Batch[FrameJob]) -> Done:
+        """Latest-frame-wins: answer superseded frames ``expired`` instead of running them."""
+        if self.screen is None or not batch.items:
+            return []
+        gone = self.screen(batch.items)
+        if not gone:
+            return []
+        done: Done = []
+        live = []
+        for job in batch.items:
+            if job.record.job_id not in gone:
+                live.append(job)
+                continue
+            job.record.timings["batch_wait"] = (time.monotonic() - job.submitted_at) * 1000.0
+            cam = job.record.meta.get("camera_id")
+            why = ("Superseded", f"a newer frame of camera {cam!r} was queued")
+            done.append((job, build_result(job.record, self.origin, Status.expired, error=why)))
+        batch.items = live
+        return done
+
+    def _run_alone(self, job: FrameJob) -> Done:
+        """A redelivered frame may be what killed its last worker: it runs in a batch
+        of its own, so it cannot take others down with it, and only after its attempt
+        is counted; a frame over ``MAX_FRAME_ATTEMPTS`` is refused (dead-lettered).
+        The count is of solo runs that never finished: one that finishes clears it."""
+        refused = self.attempt(job) if self.attempt is not None else None
+        if refused is not None:
+            error = ("PoisonFrame", refused)
+            return [(job, build_result(job.record, self.origin, Status.error, error=error))]
+        self.stats.record_batch(1)
+        out = self._infer_batch([job])
+        if self.survived is not None:  # it did not take the process down
+            self.survived(job)
+        return out
 
     def _infer_batch(self, jobs: list[FrameJob]) -> Done:
         """One batch from the queue, under the profiler when it is this batch's turn."""

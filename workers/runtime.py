@@ -7,18 +7,20 @@ waits for the model runner to include it in a batch.
 
 from __future__ import annotations
 
+import base64
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
 
-from framepool import codec, keys
-from framepool.errors import BadFrame, BadInput, DeviceLost
+from framepool import codec, deadletters, keys
+from framepool.errors import BadFrame, BadInput, DeviceLost, WorkerStopping
 from framepool.log import bind_frame, get_logger
 from framepool.nvml import GpuSampler
 from framepool.schemas import FrameMeta, Status
 from framepool.settings import Settings
+from workers.callbacks import CallbackDispatcher
 from workers.gpu_manager import GPUManager
 from workers.lifecycle import ModelState
 from workers.loading import ModelSlot, load_models
@@ -60,7 +62,10 @@ class WorkerRuntime:
         self.client = client
         self.gpu = gpu or GPUManager(False, settings.gpu_memory_reserve_mb, True)
         self.sampler = sampler
-        self.streams = StreamWriter(client, settings.result_stream_maxlen)
+        self.streams = StreamWriter(
+            client, settings.result_stream_maxlen, settings.result_ttl_seconds
+        )
+        self.callbacks = CallbackDispatcher(settings)
         self.slots = {s.model_id: s for s in slots}
         self.runners: dict[str, ModelRunner] = {}
         self.fatal: BaseException | None = None
@@ -83,6 +88,9 @@ class WorkerRuntime:
                 health=slot.health,
                 profiler=BatchProfiler(settings.profile_every_n_batches),
                 on_fatal=self._fatal,
+                screen=self._superseded,
+                attempt=self._attempt,
+                survived=self._survived,
             )
         self.origin = Origin(worker=name, device=device)
 
@@ -129,6 +137,24 @@ class WorkerRuntime:
         for runner in self.runners.values():
             runner.stop()
 
+    def drain(self, hand_back: Callable[[list[str]], None] | None = None) -> int:
+        """Stop taking frames (SIGTERM): the frames not yet in a batch go back to their
+        queues at once, the batches running now finish. ``hand_back`` gets their job ids
+        first (the worker rejects their messages with requeue); then their tasks end with
+        :class:`WorkerStopping`. Returns how many went back. (kombu marks them
+        redelivered: the next worker runs each alone once, ``_attempt``.)"""
+        if self.fatal is None:  # a lost device keeps saying so
+            self.state = "draining"
+        why = WorkerStopping(f"worker {self.name} is stopping: frame handed back to its queue")
+        handed = [job for runner in self.runners.values() for job in runner.drain(why)]
+        try:
+            if handed and hand_back is not None:
+                hand_back([job.record.job_id for job in handed])
+        finally:
+            for job in handed:
+                job.future.set_exception(why)
+        return len(handed)
+
     def profile(self, batches: int, model_id: str | None = None) -> dict[str, int]:
         """Profile the next ``batches`` batches of one model (or of each); pending per model."""
         if model_id is not None and model_id not in self.runners:
@@ -152,10 +178,17 @@ class WorkerRuntime:
         return build_snapshot(self)
 
     # --------------------------------------------------------------- per frame
-    def handle(self, job_id: str, correlation_id: str, frame: Any, meta: Any) -> dict[str, Any]:
+    def handle(
+        self,
+        job_id: str,
+        correlation_id: str,
+        frame: Any,
+        meta: Any,
+        redelivered: bool = False,
+    ) -> dict[str, Any]:
         camera = meta.get("camera_id") if isinstance(meta, dict) else None
         with bind_frame(correlation_id=correlation_id, camera_id=camera, job_id=job_id):
-            result = self._handle(job_id, correlation_id, frame, meta)
+            result = self._handle(job_id, correlation_id, frame, meta, redelivered)
             log.debug(
                 "frame_done",
                 status=result["status"],
@@ -164,7 +197,9 @@ class WorkerRuntime:
             )
             return result
 
-    def _handle(self, job_id: str, cid: str, frame: Any, meta: Any) -> dict[str, Any]:
+    def _handle(
+        self, job_id: str, cid: str, frame: Any, meta: Any, redelivered: bool
+    ) -> dict[str, Any]:
         if self.fatal is not None:  # the task turns this into a requeue
             raise DeviceLost(f"worker {self.name} lost its device: {self.fatal}")
         started = time.time()
@@ -185,6 +220,8 @@ class WorkerRuntime:
             }
             return self._finish_early(FrameRecord(job_id, cid, bad), self.origin, Status.error, exc)
         rec = FrameRecord(job_id, cid, meta)
+        if redelivered:
+            rec.redelivered, rec.frame = True, frame
         rec.timings["queue"] = max(0.0, (started - meta["enqueued_at"]) * 1000.0)
         runner = self.runners.get(meta["model_id"])
         if runner is None:
@@ -225,6 +262,89 @@ class WorkerRuntime:
         job = FrameJob(rec, x, (meta["width"], meta["height"]))
         return runner.submit(job).result()
 
+    def _superseded(self, jobs: list[FrameJob]) -> set[str]:
+        """Job ids among ``jobs`` whose camera has a newer frame queued (latest-frame-wins)."""
+        asked: list[tuple[str, str]] = []
+        for job in jobs:
+            meta = job.record.meta
+            if meta.get("latest_wins") and meta.get("camera_id"):
+                key = keys.latest_frame(meta["model_id"], str(meta["camera_id"]))
+                asked.append((job.record.job_id, key))
+        if not asked:
+            return set()
+        try:
+            newest = self.client.mget([key for _, key in asked])
+        except redis.RedisError as exc:  # when in doubt, run the frame
+            log.warning("latest_frame_check_failed", error=str(exc))
+            return set()
+        return {
+            job_id
+            for (job_id, _), latest in zip(asked, newest, strict=True)
+            if latest is not None and _text(latest) != job_id
+        }
+
+    def already_written(self, job_id: str) -> bool:
+        """Whether a result for ``job_id`` has been written (asked of redelivered frames)."""
+        try:
+            return bool(self.client.exists(keys.result_done(job_id)))
+        except redis.RedisError:
+            return False
+
+    def count_duplicate(self, model_id: str) -> None:
+        try:
+            self.client.hincrby(keys.dropped_counter(model_id), "duplicate", 1)
+        except redis.RedisError as exc:
+            log.warning("drop_count_failed", error=str(exc))
+
+    def _survived(self, job: FrameJob) -> None:
+        try:
+            self.client.delete(keys.frame_attempts(job.record.job_id))
+        except redis.RedisError as exc:
+            log.warning("frame_attempt_count_failed", error=str(exc))
+
+    def _attempt(self, job: FrameJob) -> str | None:
+        """Count a redelivered frame's solo start (cleared when the run finishes, so the
+        count is of runs its worker did not survive); past MAX_FRAME_ATTEMPTS,
+        dead-letter it and say why (answered ``error``/``PoisonFrame``, not run)."""
+        rec = job.record
+        limit = self.settings.max_frame_attempts
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.incr(keys.frame_attempts(rec.job_id))
+                pipe.expire(keys.frame_attempts(rec.job_id), self.settings.result_ttl_seconds)
+                started = int(pipe.execute()[0])
+        except redis.RedisError as exc:  # when in doubt, run it
+            log.warning("frame_attempt_count_failed", error=str(exc))
+            return None
+        if started <= limit:
+            log.warning("frame_redelivered_running_alone", attempt=started, limit=limit)
+            return None
+        reason = (
+            f"its worker died {started} times while running it (once in its first batch, "
+            f"then {limit} times alone; MAX_FRAME_ATTEMPTS={limit})"
+        )
+        entry = deadletters.make_entry(
+            "frame",
+            reason,
+            job_id=rec.job_id,
+            correlation_id=rec.correlation_id,
+            model_id=rec.meta["model_id"],
+            camera_id=rec.meta.get("camera_id"),
+            attempts=started,
+            payload={
+                "meta": dict(rec.meta),
+                "frame_base64": base64.b64encode(rec.frame or b"").decode(),
+            },
+        )
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                deadletters.add(pipe, entry, self.settings.dead_letter_maxlen)
+                pipe.execute()
+        except redis.RedisError as exc:
+            log.error("dead_letter_write_failed", error=str(exc))
+        log.error("frame_dead_lettered", model_id=rec.meta["model_id"], attempts=started)
+        return reason
+
     def _finish_early(
         self,
         rec: FrameRecord,
@@ -240,8 +360,18 @@ class WorkerRuntime:
         return result
 
     def _deliver(self, done: list[tuple[FrameRecord, dict[str, Any]]]) -> None:
-        """After the task threads have their results: the camera streams, then webhooks."""
-        self.streams.write([result for _, result in done])
+        """After the task threads have their results: the camera streams, then webhooks,
+        each once per job_id (a frame executed twice is written and called back once)."""
+        try:
+            dups = self.streams.write([result for _, result in done])
+        except Exception:  # a bug here must not cost the webhooks too
+            log.exception("result_stream_write_error")
+            dups = set()
+        self.callbacks.dispatch([d for d in done if d[0].job_id not in dups] if dups else done)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _log_health_change(model_id: str, old: ModelState, new: ModelState, reason: str) -> None:

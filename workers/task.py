@@ -8,7 +8,7 @@ from celery import Celery, Task
 from celery.exceptions import Reject
 
 from framepool import keys
-from framepool.errors import DeviceLost
+from framepool.errors import DeviceLost, WorkerStopping
 from workers.runtime import WorkerRuntime
 
 
@@ -28,11 +28,22 @@ def register_infer_task(app: Celery, runtime: WorkerRuntime) -> Task:
         # AMQP-style property Celery exposes; a foreign producer's frames fall back
         # to the job id.
         cid = request.correlation_id or request.id
+        redelivered = bool((request.delivery_info or {}).get("redelivered"))
+        if redelivered and runtime.already_written(request.id):
+            # Executed before (a visibility timeout passed while it ran, or its worker
+            # died after writing): answer with the stored result, write nothing twice.
+            previous = self.AsyncResult(request.id).result
+            if isinstance(previous, dict):
+                runtime.count_duplicate(str(previous.get("model_id")))
+                return previous
         try:
-            return runtime.handle(request.id, cid, frame, meta)
+            return runtime.handle(request.id, cid, frame, meta, redelivered)
         except DeviceLost as exc:
             # The GPU is gone: no result, no ack. The message goes back to the
             # queue for a healthy worker while this process shuts down.
+            raise Reject(str(exc), requeue=True) from exc
+        except WorkerStopping as exc:
+            # The worker is draining and had not started this frame: hand it back now.
             raise Reject(str(exc), requeue=True) from exc
 
     return infer

@@ -42,7 +42,7 @@ def image_file(tmp_path: Path) -> Path:
 def test_help_lists_the_commands() -> None:
     out = cli("--help")
     assert out.returncode == 0
-    for command in ("worker", "submit", "results", "models", "up", "demo", "bench"):
+    for command in ("worker", "submit", "results", "models", "up", "demo", "bench", "flower"):
         assert command in out.stdout
 
 
@@ -115,6 +115,8 @@ def test_demo_runs_without_a_gpu_and_leaves_nothing_running(tmp_path: Path) -> N
         "COLUMNS": "200",
         "MONITOR_PORT": str(monitor_port),
         "SERVER_PORT": str(free_port()),
+        "FLOWER_PORT": str(flower_port := free_port()),
+        "FLOWER_BASIC_AUTH": "",  # generated for the run and printed
     }
     out = cli(
         "demo",
@@ -139,6 +141,8 @@ def test_demo_runs_without_a_gpu_and_leaves_nothing_running(tmp_path: Path) -> N
     monitor_log = (tmp_path / "fp" / "logs" / "monitor.log").read_text()
     assert "monitor_started" in monitor_log
     assert "/inference" in out.stdout and (tmp_path / "fp" / "logs" / "gateway.log").exists()
+    assert f"flower   http://127.0.0.1:{flower_port}/  user admin  password " in out.stdout
+    assert "Visit me at" in (tmp_path / "fp" / "logs" / "flower.log").read_text()
     with pytest.raises(httpx.ConnectError):  # the monitor was stopped too
         httpx.get(f"http://127.0.0.1:{monitor_port}/ready", timeout=2)
     assert not ping(f"redis://127.0.0.1:{port}/0")  # embedded Redis stopped

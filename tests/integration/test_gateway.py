@@ -12,13 +12,10 @@ import io
 import struct
 import time
 import zlib
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -26,45 +23,11 @@ from framepool import codec
 from framepool.redis_server import free_port
 from models.zoo.shape_detector.evaluate import match
 from producer.sources.synthetic import SyntheticCamera, SyntheticFrame
-from tests.services import ServiceProcess
 
 MODEL = "shape_detector"
 TOKEN = "gateway-test-token"
 MAX_FRAME_BYTES = 200_000
 CONCURRENT = 16
-
-
-class Gateway(ServiceProcess):
-    def __init__(self, redis_url: str, log_path: Path, **env: str) -> None:
-        super().__init__(
-            "gateway",
-            {"REDIS_URL": redis_url, "LOG_FORMAT": "json", **env},
-            log_path,
-            ready_path="/metrics",  # /health is 503 while Redis is away, by design
-        )
-        self.headers: dict[str, str] = {}
-
-    def post(self, path: str, **kw: Any) -> httpx.Response:
-        headers = {**self.headers, **kw.pop("headers", {})}
-        return httpx.post(f"{self.url}{path}", headers=headers, timeout=60, **kw)
-
-    def get(self, path: str, **kw: Any) -> httpx.Response:
-        headers = {**self.headers, **kw.pop("headers", {})}
-        return httpx.get(f"{self.url}{path}", headers=headers, timeout=60, **kw)
-
-
-@pytest.fixture()
-def start_gateway(redis_url: str, tmp_path: Path) -> Iterator:
-    started: list[Gateway] = []
-
-    def _start(redis: str | None = None, **env: str) -> Gateway:
-        g = Gateway(redis or redis_url, tmp_path / f"gateway-{len(started)}.log", **env)
-        started.append(g)
-        return g
-
-    yield _start
-    for g in started:
-        g.stop()
 
 
 def b64(data: bytes) -> str:

@@ -7,36 +7,21 @@ CUDA error, be slow. ``broken`` cannot load; ``slowload`` loads too slowly.
 
 from __future__ import annotations
 
-import io
 import json
 import signal
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import redis
-from PIL import Image
 
 from framepool import keys
 from framepool.celery_app import create_app
 from framepool.settings import Settings
 from producer import FrameProducer
+from tests.faults import FIXTURE_ZOO, OK, OOM, STICKY, cmd_frame, wait_for
 from workers.main import EXIT_DEVICE_LOST
-
-FIXTURE_ZOO = Path(__file__).resolve().parent.parent / "fixtures" / "zoo"
-OK, OOM, STICKY, SLOW = 0, 10, 20, 30
-
-
-def cmd_frame(cmd: int, arg: int = 0) -> bytes:
-    """A 32x32 PNG whose top-left pixel carries the command for ``faulty``."""
-    img = np.full((32, 32, 3), 128, np.uint8)
-    img[0, 0] = (cmd, arg, 0)
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture()
@@ -47,16 +32,6 @@ def zoo_settings(settings: Settings) -> Settings:
 def heartbeat(redis_url: str, worker: str) -> dict[str, Any] | None:
     raw = redis.Redis.from_url(redis_url).get(keys.worker_heartbeat(worker))
     return json.loads(raw) if raw else None
-
-
-def wait_for(fn, timeout: float = 30.0, every: float = 0.1):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(every)
-    raise TimeoutError(f"condition not met in {timeout}s")
 
 
 def stream_job_ids(redis_url: str, camera: str, expect: int) -> Counter[str]:

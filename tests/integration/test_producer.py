@@ -36,7 +36,9 @@ def test_message_is_msgpack_with_raw_frame_bytes_and_correlation_header(settings
     assert headers["task"] == keys.INFER_TASK and headers["id"] == h.job_id
     assert headers["correlation_id"] == "req-42" == h.correlation_id
     assert msg["properties"]["correlation_id"] == "req-42"
-    assert headers["argsrepr"] == "frame<jpeg 1KB 64x48> cam=cam1 seq=17"
+    assert headers["argsrepr"] == (
+        "frame<jpeg 1KB 64x48> model=shape_detector cam=cam1 seq=17 cid=req-42"
+    )
     args, kwargs, _ = msgpack.unpackb(base64.b64decode(msg["body"]), raw=False)
     frame, meta = args
     assert isinstance(frame, bytes) and frame == data  # msgpack bin, not base64 text
