@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench load install clean
+.PHONY: demo test lint bench load faults install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ bench: $(STAMP)
 load: $(STAMP)
 	FRAMEPOOL_LOAD=long $(BIN)/python -m pytest -q -ra tests/load
 	$(BIN)/python -m benchmarks.load_report
+
+# the fault matrix (docs/reliability.md): its tests, then their figures into the doc
+faults: $(STAMP)
+	$(BIN)/python -m pytest -q -ra tests/integration/test_faults.py tests/integration/test_model_runtime.py tests/integration/test_deadlines.py
+	$(BIN)/python -m benchmarks.reliability_report
 
 clean:
 	rm -rf $(VENV) .framepool

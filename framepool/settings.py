@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     live_policies: dict[str, LivePolicy] = Field(default_factory=dict)
     result_ttl_seconds: int = Field(3600, ge=1)
     result_stream_maxlen: int = Field(10000, ge=1)
-    visibility_timeout_seconds: int = Field(3600, ge=2)
+    visibility_timeout_seconds: int = Field(3600, ge=1)
     # a redelivered frame runs alone; one started alone this many times (it kills
     # its worker every time) is dead-lettered instead of run again
     max_frame_attempts: int = Field(3, ge=1)

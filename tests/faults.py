@@ -8,7 +8,10 @@ worker, raise. See tests/fixtures/zoo/faulty/model.py.
 from __future__ import annotations
 
 import io
+import json
+import struct
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -19,9 +22,11 @@ import redis
 from PIL import Image
 
 from framepool import keys
+from framepool.codec import PNG_SIGNATURE
 from framepool.errors import ResultTimeout
 
 FIXTURE_ZOO = Path(__file__).resolve().parent / "fixtures" / "zoo"
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "faults"
 OK, OOM, STICKY, SLOW, KILL, RAISE = 0, 10, 20, 30, 40, 50
 
 T = TypeVar("T")
@@ -36,15 +41,40 @@ def cmd_frame(cmd: int, arg: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def wait_for(fn: Callable[[], T], timeout: float = 30.0, every: float = 0.1) -> T:
-    """``fn()``'s first truthy value, polling; TimeoutError after ``timeout`` seconds."""
+def png_bomb(side: int = 20_000) -> bytes:
+    """A real 1-bit PNG of side x side pixels (400 M at 20000): ~50 KB on the wire."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    row = bytes(1 + side // 8)  # filter byte + packed pixels
+    z = zlib.compressobj(9)
+    idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def record(row: int, fault: str, **figures: Any) -> None:
+    """Save one matrix row's measured figures (tests/artifacts/faults/row-NN.json);
+    ``python -m benchmarks.reliability_report`` puts them in docs/reliability.md."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    entry = {"row": row, "fault": fault, "at": time.time(), **figures}
+    (ARTIFACTS / f"row-{row:02d}.json").write_text(json.dumps(entry, indent=2) + "\n")
+
+
+def wait_for(
+    fn: Callable[[], T], what: str = "condition", timeout: float = 30.0, every: float = 0.05
+) -> T:
+    """``fn()``'s first truthy value, polling; TimeoutError naming ``what`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = fn()
         if value:
             return value
         time.sleep(every)
-    raise TimeoutError(f"condition not met in {timeout}s")
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
 class Ledger:
@@ -99,6 +129,17 @@ class Ledger:
             f"queued {sum(client.llen(q) for q in keys.queue_lists(model_id))}, "
             f"restore lock ttl {client.ttl('unacked_mutex')}"
         )
+
+    def figures(self, client: redis.Redis, cameras: Iterable[str]) -> dict[str, Any]:
+        """Sent, answered, lost, and stream entries beyond one per job (duplicates)."""
+        counts = self.stream_counts(client, cameras)
+        return {
+            "sent": len(self.sent),
+            "answered": len(self.results),
+            "lost": len(self.lost),
+            "duplicate_stream_entries": sum(n - 1 for n in counts.values() if n > 1),
+            "statuses": dict(self.statuses()),
+        }
 
     def statuses(self) -> Counter[str]:
         return Counter(r.status.value for r in self.results.values())

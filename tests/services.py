@@ -86,3 +86,17 @@ class Gateway(ServiceProcess):
     def get(self, path: str, **kw: Any) -> httpx.Response:
         headers = {**self.headers, **kw.pop("headers", {})}
         return httpx.get(f"{self.url}{path}", headers=headers, timeout=60, **kw)
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``framepool <args>`` as a real process in the repository root; output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "framepool.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )

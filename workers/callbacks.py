@@ -41,7 +41,7 @@ import redis
 from celery import Celery, Task, signals
 
 from framepool import deadletters, keys
-from framepool.celery_app import create_app
+from framepool.celery_app import create_app, thread_worker
 from framepool.deadletters import Delivery, is_http_url, mask_url
 from framepool.log import bind_frame, get_logger
 from framepool.settings import Settings
@@ -305,16 +305,7 @@ def run_callbacks_worker(
             signed=bool(settings.callback_secret.get_secret_value()),
         )
 
-    worker = app.Worker(
-        hostname=name,
-        queues=[keys.CALLBACK_QUEUE],
-        pool="threads",
-        concurrency=concurrency,
-        loglevel=settings.log_level,
-        without_mingle=True,
-        without_gossip=True,
-        optimization="fair",
-    )
+    worker = thread_worker(app, name, [keys.CALLBACK_QUEUE], concurrency, settings.log_level)
     try:
         worker.start()
     finally:

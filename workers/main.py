@@ -36,7 +36,7 @@ from celery.worker import state as worker_state
 from celery.worker.control import control_command
 
 from framepool import keys
-from framepool.celery_app import create_app
+from framepool.celery_app import create_app, thread_worker
 from framepool.errors import FramepoolError
 from framepool.log import get_logger
 from framepool.nvml import NvmlSampler
@@ -140,16 +140,7 @@ def run_worker(
         )
 
     concurrency = concurrency or settings.worker_concurrency or 2 * settings.max_batch_size
-    worker = app.Worker(
-        hostname=name,
-        queues=[keys.queue_name(m) for m in runtime.ready_models],
-        pool="threads",
-        concurrency=concurrency,
-        loglevel=settings.log_level,
-        without_mingle=True,
-        without_gossip=True,
-        optimization="fair",
-    )
+    worker = thread_worker(app, name, [keys.queue_name(m) for m in runtime.ready_models], concurrency, settings.log_level)
     stopped = threading.Event()
     _drain_on_shutdown(settings, runtime, heartbeat, consumer, stopped)
     try:

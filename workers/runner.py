@@ -107,6 +107,7 @@ class ModelRunner:
         screen: Screen | None = None,
         attempt: Callable[[FrameJob], str | None] | None = None,
         survived: Callable[[FrameJob], None] | None = None,
+        slow_batch_s: float = float("inf"),
     ) -> None:
         self.model = model
         self.origin = origin
@@ -120,6 +121,9 @@ class ModelRunner:
         self.screen = screen
         self.attempt = attempt
         self.survived = survived
+        # a batch this long is close to the visibility timeout: its frames may be
+        # delivered again while it runs (written once, but executed twice)
+        self.slow_batch_s = slow_batch_s
         self.stats = ModelStats()
         self.fatal: BaseException | None = None
         self.draining: BaseException | None = None  # set by drain(): refuse new frames
@@ -244,7 +248,12 @@ class ModelRunner:
         fresh = [j for j in batch.items if not j.record.redelivered]
         if fresh:
             self.stats.record_batch(len(fresh))
+            began = time.monotonic()
             done.extend(self._infer_batch(fresh))
+            took = time.monotonic() - began
+            if took > self.slow_batch_s:
+                log.warning("batch_longer_than_half_visibility_timeout", model_id=self.model.id,
+                            batch_size=len(fresh), seconds=round(took, 1))  # fmt: skip
         self._complete(done, ran=len(fresh))
         for job in batch.items:
             if job.record.redelivered:  # each answered before the next one runs

@@ -91,6 +91,7 @@ class WorkerRuntime:
                 screen=self._superseded,
                 attempt=self._attempt,
                 survived=self._survived,
+                slow_batch_s=settings.visibility_timeout_seconds / 2,
             )
         self.origin = Origin(worker=name, device=device)
 

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -15,21 +12,12 @@ import pytest
 from framepool import codec
 from framepool.redis_server import free_port, ping
 from producer.sources.synthetic import SyntheticCamera
+from tests.services import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "framepool.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-    )
+cli = run_cli
 
 
 @pytest.fixture()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import redis
 
 from framepool import keys
-from tests.e2e.test_cli import cli
 from tests.heartbeats import gpu_heartbeat, model_entry, publish
+from tests.services import run_cli as cli
 
 
 def test_status_shows_workers_gpus_models_queues_and_alerts(redis_url: str) -> None:

@@ -34,6 +34,8 @@ from framepool.schemas import InferenceResult
 from framepool.settings import Settings
 from producer import FrameProducer
 from producer.sources.synthetic import SyntheticCamera
+from tests.faults import wait_for
+from tests.services import run_cli
 
 MODEL = "shape_detector"
 SECRET = "integration-callback-secret"
@@ -165,16 +167,6 @@ def jpeg(seq: int = 0) -> bytes:
     return codec.encode_jpeg(SyntheticCamera("cam1", 320, 240, seed=5).frame(seq).image)
 
 
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def stats(client: redis.Redis) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in client.hgetall(keys.CALLBACK_STATS).items()}
 
@@ -186,15 +178,7 @@ def valid_signature(headers: dict[str, str], body: bytes) -> bool:
 
 
 def cli(*args: str, redis_url: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "REDIS_URL": redis_url, "COLUMNS": "300"}
-    return subprocess.run(
-        [sys.executable, "-m", "framepool.cli", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_cli(*args, env={"REDIS_URL": redis_url, "COLUMNS": "300"}, timeout=60)
 
 
 # ------------------------------------------------------------------ tests

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import httpx
@@ -24,8 +22,18 @@ from framepool.redis_server import EmbeddedRedis
 from framepool.settings import Settings
 from producer import FrameProducer
 from tests.conftest import WorkerProcess
-from tests.faults import FIXTURE_ZOO, KILL, OK, SLOW, Ledger, cmd_frame, wait_for
-from tests.services import ServiceProcess
+from tests.faults import (
+    FIXTURE_ZOO,
+    KILL,
+    OK,
+    SLOW,
+    Ledger,
+    cmd_frame,
+    png_bomb,
+    record,
+    wait_for,
+)
+from tests.services import ServiceProcess, run_cli
 
 #: short enough that a lost frame comes back within seconds
 VT = "2"
@@ -76,13 +84,13 @@ def test_poison_frame_is_dead_lettered_and_the_others_complete(
         ("frame", poison.job_id, poison.correlation_id)
     ]
     assert set(ledger.stream_counts(client, ["pz"]).values()) == {1}
+    record(3, "poison frame", **ledger.figures(client, ["pz"]), worker_deaths=deaths,
+           dead_lettered=len(letters), max_frame_attempts=attempts)  # fmt: skip
 
     # Once the model is fixed (here: a worker that ignores the kill command), the
     # operator requeues it: a new job with the same correlation id, answered ok.
     start_worker(["faulty"], **_worker_env())
-    cli = [sys.executable, "-m", "framepool.cli", "dead-letters", "--requeue", "--kind", "frame"]
-    out = subprocess.run(cli, env={**os.environ, "REDIS_URL": redis_url}, capture_output=True,
-                         text=True, timeout=60)  # fmt: skip
+    out = run_cli("dead-letters", "--requeue", "--kind", "frame", env={"REDIS_URL": redis_url})
     assert out.returncode == 0 and "requeued 1" in out.stdout, out.stdout + out.stderr
     assert client.llen(keys.DEAD_LETTERS) == 0
 
@@ -101,11 +109,13 @@ def test_a_batch_longer_than_the_visibility_timeout_is_written_once(
     zoo_settings: Settings, redis_url: str, start_worker
 ) -> None:
     """Row 4: kombu redelivers a frame still running; its result is written once."""
-    start_worker(["faulty"], **_worker_env())
-    start_worker(["faulty"], **_worker_env())
+    # A 1 s timeout, swept every second by each worker, and a 2.5 s batch: at least
+    # one sweep falls while the frame runs, and the other worker gets it again.
+    env = {**_worker_env(), "VISIBILITY_TIMEOUT_SECONDS": "1"}
+    start_worker(["faulty"], **env)
+    start_worker(["faulty"], **env)
     with FrameProducer(zoo_settings) as p:
         ledger = Ledger(p)
-        # 4 s in the model, twice the visibility timeout: the other worker gets it again
         slow = ledger.send("faulty", cmd_frame(SLOW, 250), camera_id="vt", seq=0)
         ledger.collect(timeout=60)
         assert slow.get(timeout=1).status == "ok"
@@ -116,6 +126,8 @@ def test_a_batch_longer_than_the_visibility_timeout_is_written_once(
     assert dup >= 1
     assert ledger.lost == [], ledger.diagnose(client, "faulty")
     assert ledger.stream_counts(client, ["vt"]) == {slow.job_id: 1}
+    record(4, "batch outlives the visibility timeout", **ledger.figures(client, ["vt"]),
+           duplicate_executions_counted=dup, visibility_timeout_s=1)  # fmt: skip
 
 
 def test_sigkill_mid_batch_loses_nothing(
@@ -137,7 +149,8 @@ def test_sigkill_mid_batch_loses_nothing(
     assert ledger.lost == [], ledger.diagnose(client, "faulty")
     assert ledger.statuses() == {"ok": 20}
     assert set(ledger.stream_counts(client, ["k1"]).values()) == {1}
-    print(f"row 1: 20 frames, 0 lost, all done {recovered_s:.1f} s after the kill")
+    record(1, "worker SIGKILL mid-batch", **ledger.figures(client, ["k1"]),
+           recovery_s=round(recovered_s, 1), visibility_timeout_s=int(VT))  # fmt: skip
 
 
 def test_one_of_two_workers_killed_the_survivor_finishes(
@@ -157,6 +170,7 @@ def test_one_of_two_workers_killed_the_survivor_finishes(
     assert ledger.lost == [], ledger.diagnose(client, "faulty")
     assert ledger.statuses() == {"ok": 30}
     assert set(ledger.stream_counts(client, ["k2"]).values()) == {1}
+    record(2, "one of two workers killed", **ledger.figures(client, ["k2"]))
 
 
 def test_sigterm_gives_unfinished_frames_back_at_once(
@@ -183,6 +197,8 @@ def test_sigterm_gives_unfinished_frames_back_at_once(
     assert 0 < done_by_first < 40  # it stopped mid-stream
     assert ledger.lost == [], ledger.diagnose(client, "faulty")
     assert set(ledger.stream_counts(client, ["k5"]).values()) == {1}
+    record(5, "SIGTERM", **ledger.figures(client, ["k5"]), done_before_stop=done_by_first,
+           visibility_timeout_s=3600)  # fmt: skip
 
 
 class _Evil:
@@ -220,6 +236,8 @@ def test_a_pickled_message_is_refused_and_nothing_runs(
     assert not marker.exists()
     assert evil.state == "PENDING"  # refused before it became a task: no result at all
     app.close()
+    record(14, "pickle message on a frame queue", pickle_executed=marker.exists(),
+           queue_left=0, next_frame=after.status.value)  # fmt: skip
 
 
 def _own_redis(tmp_path) -> EmbeddedRedis:  # type: ignore[no-untyped-def]
@@ -267,7 +285,8 @@ def test_redis_killed_and_restarted_loses_no_accepted_frame(tmp_path) -> None:  
             return r.status_code == 200 and len(r.json().get("workers", [])) == 1
 
         assert wait_for(monitor_sees_worker, timeout=30)
-        print(f"row 6: 30 frames, 0 lost, all answered {recovered_s:.1f} s after the restart")
+        record(6, "Redis SIGKILL and restart (AOF everysec)", **ledger.figures(client, ["k6"]),
+               recovery_s=round(recovered_s, 1), worker_restarted=False)  # fmt: skip
     finally:
         if monitor is not None:
             monitor.stop()
@@ -316,7 +335,64 @@ def test_redis_paused_while_producing_nothing_hangs(tmp_path) -> None:  # type: 
         assert longest < 30  # a hang would be forever; the socket timeouts are 5-10 s
         assert ledger.lost == [], ledger.diagnose(redis.Redis.from_url(url), "faulty")
         assert set(ledger.statuses()) == {"ok"}
-        print(f"row 7: {refused} submits refused while paused, longest call {longest:.1f} s")
+        client = redis.Redis.from_url(url)
+        record(7, "Redis paused 5 s while producing", **ledger.figures(client, ["k7"]),
+               refused_while_away=refused, longest_submit_s=round(longest, 1))  # fmt: skip
     finally:
         worker.stop()
         server.stop()
+
+
+def test_overload_refuses_exactly_the_excess_and_bounds_redis(
+    zoo_settings: Settings, redis_url: str
+) -> None:
+    """Row 8: twice MAX_QUEUE_DEPTH produced with no worker: exactly the excess refused."""
+    depth = 50
+    s = zoo_settings.model_copy(update={"max_queue_depth": depth, "queue_full_policy": "drop"})
+    client = redis.Redis.from_url(redis_url)
+    before = int(client.info("memory")["used_memory"])
+    with FrameProducer(s) as p:
+        handles = [
+            p.submit("faulty", cmd_frame(OK), camera_id="k8", seq=i) for i in range(2 * depth)
+        ]
+        queued = p.queue_depth("faulty")
+    refused = [h for h in handles if h.refused is not None]
+    grown_mb = (int(client.info("memory")["used_memory"]) - before) / 2**20
+    counted = int(client.hget(keys.dropped_counter("faulty"), "queue_full") or 0)
+    assert len(refused) == depth and queued == depth and counted == depth
+    assert all(h.get(timeout=1).status == "rejected" for h in refused)
+    # 50 queued frames of ~1 KB each: Redis holds the queue, not the refused ones
+    assert grown_mb < 5
+    record(8, "overload (2x MAX_QUEUE_DEPTH, no worker)", sent=2 * depth, queued=queued,
+           refused=len(refused), counted_queue_full=counted, redis_growth_mb=round(grown_mb, 2))  # fmt: skip
+
+
+def test_bad_frames_from_a_foreign_producer_get_errors_and_the_worker_goes_on(
+    zoo_settings: Settings, redis_url: str, start_worker
+) -> None:
+    """Row 13: frames no SDK checked (corrupt, a pixel bomb, wrong meta) reach the worker."""
+    from framepool.celery_app import create_app
+
+    start_worker(["faulty"], **_worker_env(MAX_FRAME_PIXELS="4000000"))
+    app = create_app(zoo_settings)
+    now = time.time()
+    meta = {"model_id": "faulty", "camera_id": "k13", "seq": 0, "captured_at": None,
+            "enqueued_at": now, "deadline_at": None, "format": "png", "width": 32, "height": 32}  # fmt: skip
+    good = cmd_frame(OK)
+    bomb = png_bomb()
+    bad = {
+        "corrupt": (good[:40] + b"\x00" * 200, meta),
+        "pixel_bomb": (bomb, {**meta, "width": 20_000, "height": 20_000}),
+        "not_bytes": ("a string", meta),
+        "bad_meta": (good, {"model_id": "faulty"}),
+    }
+    sent = {k: app.send_task(keys.INFER_TASK, args=a, queue=keys.queue_name("faulty"))
+            for k, a in bad.items()}  # fmt: skip
+    answers = {k: r.get(timeout=30) for k, r in sent.items()}
+    with FrameProducer(zoo_settings) as p:
+        after = p.submit("faulty", good, camera_id="k13").get(timeout=30)
+    app.close()
+    assert all(a["status"] == "error" and a["error"]["message"] for a in answers.values()), answers
+    assert after.status == "ok"
+    record(13, "bad input from a foreign producer", answered_error=len(answers),
+           errors={k: a["error"]["type"] for k, a in answers.items()}, next_frame=after.status.value)  # fmt: skip

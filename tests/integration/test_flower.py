@@ -8,11 +8,9 @@ wrong credentials get 401. Without credentials the command refuses to start.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,7 +23,7 @@ from framepool import keys
 from framepool.redis_server import free_port
 from framepool.settings import Settings
 from producer import FrameProducer
-from tests.services import ServiceProcess
+from tests.services import ServiceProcess, run_cli
 from tests.unit.test_codec import jpeg
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,14 +156,9 @@ def test_flower_refuses_missing_or_wrong_credentials(
 
 
 def _flower_cli(redis_url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "framepool.cli", "flower", *args],
-        env={**os.environ, "REDIS_URL": redis_url, "FLOWER_BASIC_AUTH": "", **env},
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,  # a command that wrongly starts Flower runs until killed here
-    )
+    # a command that wrongly starts Flower runs until the timeout kills it
+    env = {"REDIS_URL": redis_url, "FLOWER_BASIC_AUTH": "", **env}
+    return run_cli("flower", *args, env=env, timeout=60)
 
 
 @pytest.mark.parametrize(

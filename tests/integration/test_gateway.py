@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
-import struct
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -23,6 +21,7 @@ from framepool import codec
 from framepool.redis_server import free_port
 from models.zoo.shape_detector.evaluate import match
 from producer.sources.synthetic import SyntheticCamera, SyntheticFrame
+from tests.faults import png_bomb
 
 MODEL = "shape_detector"
 TOKEN = "gateway-test-token"
@@ -38,21 +37,6 @@ def png(frame: SyntheticFrame) -> bytes:
     out = io.BytesIO()
     Image.fromarray(frame.image).save(out, format="PNG")
     return out.getvalue()
-
-
-def png_bomb(side: int = 20_000) -> bytes:
-    """A real 1-bit PNG of side x side pixels (400 M at 20000): ~50 KB on the wire."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    row = bytes(1 + side // 8)  # filter byte + packed pixels
-    z = zlib.compressobj(9)
-    idat = b"".join(z.compress(row) for _ in range(side)) + z.flush()
-    ihdr = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    return codec.PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def families(text: str) -> dict[str, Any]:

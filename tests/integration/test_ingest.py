@@ -12,9 +12,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -30,22 +28,18 @@ from models.zoo.shape_detector.evaluate import match
 from producer.sources.base import SourceFrame
 from producer.sources.synthetic import SyntheticCamera
 from producer.sources.video import VideoSource
+from tests.services import run_cli
 from tests.video import encode_video, start_stream_server
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "shape_detector"
 
 
-def run_cli(args: list[str], redis_url: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "REDIS_URL": redis_url, "LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "framepool.cli", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+def ingest_cli(
+    args: list[str], redis_url: str, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    env = {"REDIS_URL": redis_url, "LOG_FORMAT": "json", "PYTHONUNBUFFERED": "1"}
+    return run_cli(*args, env=env, timeout=timeout)
 
 
 def wait_for_results(client: redis.Redis, camera_id: str, n: int, timeout: float = 90) -> list:
@@ -66,7 +60,7 @@ def test_cli_ingests_a_video_file_and_a_synthetic_camera_at_5_fps(
     synth_cam = SyntheticCamera("syn", 320, 240, fps=10, seed=12)
     synth = "synthetic?width=320&height=240&fps=10&seed=12&realtime=0"  # 7.5 s of frames, unpaced
 
-    done = run_cli(
+    done = ingest_cli(
         ["ingest", "--model", MODEL, "--fps", "5", "--count", "75",
          "--camera", "vid", "--source", str(video), "--camera", "syn", "--source", synth],
         settings.redis_url,
@@ -109,22 +103,22 @@ def test_cli_bad_input_exits_2_with_a_clear_message(settings: Settings, tmp_path
     url = settings.redis_url
     synth = "synthetic?realtime=0&width=64&height=48"
 
-    unknown = run_cli(["ingest", "--model", "nope", "--camera", "c", "--source", synth,
+    unknown = ingest_cli(["ingest", "--model", "nope", "--camera", "c", "--source", synth,
                        "--count", "3"], url)  # fmt: skip
     assert unknown.returncode == 2
     assert "unknown model 'nope'" in unknown.stderr and "shape_detector" in unknown.stderr
     assert "item 0" not in unknown.stderr and "Traceback" not in unknown.stderr
 
-    missing = run_cli(["ingest", "--model", MODEL, "--camera", "c", "--source",
+    missing = ingest_cli(["ingest", "--model", MODEL, "--camera", "c", "--source",
                        str(tmp_path / "no.mp4")], url)  # fmt: skip
     assert missing.returncode == 2 and "not found" in missing.stderr
 
     (tmp_path / "notes.txt").write_text("not a video")
-    unreadable = run_cli(["ingest", "--model", MODEL, "--camera", "c", "--source",
+    unreadable = ingest_cli(["ingest", "--model", MODEL, "--camera", "c", "--source",
                           str(tmp_path / "notes.txt")], url)  # fmt: skip
     assert unreadable.returncode == 2 and "cannot open video source" in unreadable.stderr
 
-    unpaired = run_cli(["ingest", "--model", MODEL, "--camera", "a", "--camera", "b",
+    unpaired = ingest_cli(["ingest", "--model", MODEL, "--camera", "a", "--camera", "b",
                         "--source", synth], url)  # fmt: skip
     assert unpaired.returncode == 2 and "one --source per --camera" in unpaired.stderr
 

@@ -23,6 +23,7 @@ from framepool import codec, keys
 from framepool.settings import Settings
 from producer import FrameProducer
 from producer.sources.synthetic import SyntheticCamera
+from tests.faults import wait_for
 from tests.heartbeats import gpu_heartbeat, publish
 from tests.services import ServiceProcess
 
@@ -94,16 +95,6 @@ def sample_value(fams: dict[str, Any], name: str, sample: str, **labels: str) ->
     return total
 
 
-def wait_until(fn, timeout: float = 20.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError("condition not met")
-
-
 def test_metrics_health_and_api_follow_a_real_worker(
     settings: Settings, redis_url: str, start_worker, start_monitor
 ) -> None:
@@ -114,7 +105,7 @@ def test_metrics_health_and_api_follow_a_real_worker(
         PROFILE_EVERY_N_BATCHES="1",
     )
     mon = start_monitor()
-    wait_until(lambda: mon.get("/health").json()["workers_up"] == 1)
+    wait_for(lambda: mon.get("/health").json()["workers_up"] == 1)
     before = families(httpx.get(f"{mon.url}/metrics").text)  # open without a token
     for name in REFERENCE_METRICS:
         assert name in before, name
@@ -139,7 +130,7 @@ def test_metrics_health_and_api_follow_a_real_worker(
         )
         return fams if n >= sent_before + 6 else None
 
-    fams = wait_until(moved)
+    fams = wait_for(moved)
     assert sample_value(fams, "framepool_worker_up", "framepool_worker_up", worker="mon@test") == 1
     assert sample_value(fams, "inference_duration_seconds", "inference_duration_seconds_count") >= 6
     assert sample_value(fams, "frame_size_bytes", "frame_size_bytes_count") >= 6
@@ -157,7 +148,7 @@ def test_metrics_health_and_api_follow_a_real_worker(
     assert status["gpu_available"] is False and status["gpu_utilization"] is None
     assert status["memory"] == {"used_mb": None, "total_mb": None, "percent": None}
 
-    kernels = wait_until(
+    kernels = wait_for(
         lambda: mon.get("/api/v1/gpu/kernels", params={"sort_by": "calls", "limit": 50}).json()[
             "kernels"
         ]
@@ -214,7 +205,7 @@ def test_alerts_fire_and_resolve_on_injected_gpu_readings(redis_url: str, start_
             a for a in body["alerts"] if a["state"] == "active" and a["metric"] == "memory_usage"
         ]
 
-    fired = wait_until(active)
+    fired = wait_for(active)
     assert fired[0]["severity"] == "critical" and fired[0]["value"] > 95
     body = mon.get("/api/v1/gpu/alerts").json()
     assert body["active_alerts"] >= 1 and body["total_alerts_today"] >= 1
@@ -227,7 +218,7 @@ def test_alerts_fire_and_resolve_on_injected_gpu_readings(redis_url: str, start_
 
     hb["nvml"]["gpus"][0]["memory_used_mb"] = 10_000.0
     publish(client, hb)
-    wait_until(lambda: not active())
+    wait_for(lambda: not active())
     resolved = mon.get("/api/v1/gpu/alerts", params={"severity": "critical"}).json()["alerts"]
     assert any(a["state"] == "resolved" and a["metric"] == "memory_usage" for a in resolved)
     assert mon.get("/api/v1/gpu/alerts", params={"severity": "loud"}).status_code == 422
