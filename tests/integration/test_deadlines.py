@@ -8,6 +8,7 @@ from framepool import codec
 from framepool.settings import Settings
 from producer import FrameProducer
 from producer.sources.synthetic import SyntheticCamera
+from tests.faults import record
 
 
 def test_frames_past_their_deadline_expire_and_others_run(settings: Settings, start_worker) -> None:
@@ -26,3 +27,4 @@ def test_frames_past_their_deadline_expire_and_others_run(settings: Settings, st
         assert r.status == "expired" and r.error and r.error.type == "DeadlineExceeded"
         assert r.batch_size == 0 and r.timings_ms.inference == 0 and r.outputs == {}
     assert ok.status == "ok" and ok.batch_size >= 1 and "detections" in ok.outputs
+    record(9, "stale frames", sent=6, expired=len(expired), reached_model=0, fresh_frame=ok.status)

@@ -20,7 +20,7 @@ from framepool import keys
 from framepool.celery_app import create_app
 from framepool.settings import Settings
 from producer import FrameProducer
-from tests.faults import FIXTURE_ZOO, OK, OOM, STICKY, cmd_frame, wait_for
+from tests.faults import FIXTURE_ZOO, OK, OOM, STICKY, cmd_frame, record, wait_for
 from workers.main import EXIT_DEVICE_LOST
 
 
@@ -112,6 +112,9 @@ def test_oom_above_batch_k_still_answers_every_frame(
     assert faulty["stats"]["oom_splits"] >= 1 and faulty["batch_cap"]["ooms"] >= 1
     assert faulty["batch_cap"]["current"] < faulty["batch_cap"]["limit"]
     assert sum(stream_job_ids(redis_url, "oom", 41).values()) == 41
+    record(10, "GPU out of memory (above batch 3)", sent=41, answered=41, ok=len(results),
+           lone_frame_error=alone.error.type, oom_splits=faulty["stats"]["oom_splits"],
+           batch_cap=faulty["batch_cap"]["current"], worker_restarted=False)  # fmt: skip
 
 
 def test_sticky_cuda_error_exits_non_zero_and_a_new_worker_finishes_the_frames(
@@ -144,6 +147,8 @@ def test_sticky_cuda_error_exits_non_zero_and_a_new_worker_finishes_the_frames(
     assert results[5].worker == "healthy@test"
     counts = stream_job_ids(redis_url, "st", 20)
     assert set(counts) == {h.job_id for h in handles} and set(counts.values()) == {1}
+    record(11, "sticky CUDA error", sent=20, answered=20, lost=0, worker_exit_code=code,
+           duplicate_stream_entries=0)  # fmt: skip
 
 
 def test_heartbeats_appear_update_and_expire(redis_url: str, start_worker) -> None:
