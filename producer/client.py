@@ -74,6 +74,10 @@ class FrameHandle:
             value = async_result.get(timeout=timeout, propagate=False)
         except CeleryTimeout as exc:
             raise ResultTimeout(f"no result for job {self.job_id} within {timeout}s") from exc
+        return self.result_from(value)
+
+    def result_from(self, value: Any) -> InferenceResult:
+        """The ``InferenceResult`` for the task's stored return value."""
         if isinstance(value, dict):
             return InferenceResult.model_validate(value)
         # The task itself failed (worker bug, lost worker): say so as an error result.

@@ -39,7 +39,7 @@ from framepool import correlation
 from framepool.log import get_logger
 from framepool.manifest import discover
 from framepool.settings import Settings
-from producer.client import FrameProducer
+from producer.client import FrameHandle, FrameProducer
 from producer.gateway_cluster import ClusterCache, capabilities, health
 from producer.gateway_edge import GatewayEdge, GatewayMetrics
 from producer.gateway_errors import install_handlers, unavailable
@@ -103,7 +103,9 @@ def create_gateway(settings: Settings, producer: FrameProducer | None = None) ->
             auth=bool(settings.api_token),
             max_frame_bytes=settings.max_frame_bytes,
         )
+        await jobs.results.start()
         yield
+        await jobs.results.close()
         if owned:
             fp.close()
 
@@ -130,7 +132,7 @@ def create_gateway(settings: Settings, producer: FrameProducer | None = None) ->
         finally:
             metrics.observe_frame(len(data), time.perf_counter() - began)
 
-    def run_inference(request: Request, body: bytes, timeout: float) -> dict[str, Any]:
+    def enqueue_inference(request: Request, body: bytes) -> FrameHandle:
         req = parse_inference(body)
         cid = correlation_for(request, req.correlation_id, req.request_id)
         began = time.perf_counter()
@@ -147,14 +149,15 @@ def create_gateway(settings: Settings, producer: FrameProducer | None = None) ->
             callback_url=req.callback_url,
             latest_wins=req.latest_wins,
         )
-        result = jobs.wait(handle, timeout)
-        return {**result.model_dump(mode="json"), "request_id": result.correlation_id}
+        return handle
 
     @app.post("/inference", openapi_extra=_JSON_BODY, tags=["frames"])
     async def inference(request: Request, timeout: Timeout = DEFAULT_WAIT_S) -> JSONResponse:
         """Run one base64 frame through a model and return the result (the reference API)."""
         body = await read_body(request, body_limit, "body")
-        return JSONResponse(await blocking(run_inference, request, body, timeout))
+        handle = await blocking(enqueue_inference, request, body)
+        result = await jobs.wait(handle, timeout)
+        return JSONResponse({**result.model_dump(mode="json"), "request_id": result.correlation_id})
 
     @app.post("/v1/frames/{model_id}", openapi_extra=_IMAGE_BODY, tags=["frames"])
     async def frames(
@@ -183,7 +186,7 @@ def create_gateway(settings: Settings, producer: FrameProducer | None = None) ->
         cid = correlation_for(request)
         handle = await blocking(jobs.enqueue, model_id, body, correlation_id=cid, **fields)
         if wait:
-            result = await blocking(jobs.wait, handle, timeout)
+            result = await jobs.wait(handle, timeout)
             return JSONResponse(result.model_dump(mode="json"))
         url = f"/v1/jobs/{handle.job_id}"
         return JSONResponse(

@@ -21,13 +21,14 @@ import redis
 from celery import states
 
 from framepool import keys
-from framepool.errors import ResultTimeout
+from framepool.errors import BrokerUnavailable, ResultTimeout
 from framepool.log import bind_frame, get_logger
 from framepool.schemas import InferenceResult
 from framepool.settings import Settings
 from producer.client import FrameHandle, FrameProducer
 from producer.gateway_edge import GatewayMetrics
 from producer.gateway_errors import ApiError, from_framepool
+from producer.gateway_results import ResultWaiter, decode_with
 
 log = get_logger(__name__)
 
@@ -44,6 +45,8 @@ class GatewayJobs:
         self.producer = producer
         self.metrics = metrics
         self.redis = producer.redis
+        self.results = ResultWaiter(settings.redis_url)
+        self._decode = decode_with(producer.app.backend)
 
     def enqueue(
         self,
@@ -93,17 +96,26 @@ class GatewayJobs:
             log.debug("gateway_frame_enqueued", model_id=model_id, seq=seq, size=len(frame))
         return handle
 
-    def wait(self, handle: FrameHandle, timeout: float) -> InferenceResult:
-        """The job's result; 504 (with the job id, to poll later) when none comes in time."""
+    async def wait(self, handle: FrameHandle, timeout: float) -> InferenceResult:
+        """The job's result; 504 (with the job id, to poll later) when none comes in time.
+
+        Waits in the event loop on the result's pub/sub channel (ResultWaiter), not
+        in a thread on Celery's shared one."""
+        if handle.refused is not None:
+            return handle.get()
         try:
-            return handle.get(timeout=timeout)
-        except ResultTimeout as exc:
+            raw = await self.results.wait(handle.job_id, timeout)
+        except (redis.RedisError, OSError) as err:
+            raise from_framepool(BrokerUnavailable(f"Redis unreachable: {err}")) from None
+        if raw is None:
+            exc = ResultTimeout(f"no result for job {handle.job_id} within {timeout}s")
             raise from_framepool(
                 exc,
                 job_id=handle.job_id,
                 correlation_id=handle.correlation_id,
                 status_url=f"/v1/jobs/{handle.job_id}",
-            ) from None
+            )
+        return handle.result_from(self._decode(raw))
 
     def job(self, job_id: str) -> dict[str, Any]:
         """``GET /v1/jobs/{job_id}``: the result when there is one, else ``pending``."""
