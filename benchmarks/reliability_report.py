@@ -36,7 +36,7 @@ ROWS: dict[int, tuple[str, str]] = {
     12: ("no NVIDIA driver", "unit/test_nvml.py (LibraryNotFound, DriverNotLoaded, GPUIsLost at every call); the whole suite runs without a GPU"),
     13: ("bad input", "test_faults.py::test_bad_frames_from_a_foreign_producer_get_errors_and_the_worker_goes_on; test_gateway.py; test_producer.py"),
     14: ("hostile clients", "test_faults.py::test_a_pickled_message_is_refused_and_nothing_runs; test_monitor.py, test_gateway.py, test_flower.py (401, WS cap)"),
-    15: ("long run", "load/test_concurrent_inference.py::test_memory_stability (make load: 3000 frames)"),
+    15: ("long run", "test_faults.py::test_long_run_memory_stays_flat (make faults: 100,000 frames); load/test_concurrent_inference.py::test_memory_stability"),
 }  # fmt: skip
 
 _SKIP = {"row", "fault", "at"}

@@ -165,22 +165,26 @@ class ModelRunner:
         or run finishes."""
         with self._lock:
             self.draining = exc
+        waiting, stop = self._take_waiting()
+        if stop:
+            self._q.put(STOP)
+        with self._lock:
+            self.in_flight -= len(waiting)
+        return waiting
+
+    def _take_waiting(self) -> tuple[list[FrameJob], bool]:
+        """Empty the queue: the frames not yet in a batch, and whether STOP was in it."""
         waiting: list[FrameJob] = []
         stop = False
         while True:
             try:
                 item = self._q.get_nowait()
             except queue.Empty:
-                break
+                return waiting, stop
             if isinstance(item, FrameJob):
                 waiting.append(item)
             else:
                 stop = True
-        if stop:
-            self._q.put(STOP)
-        with self._lock:
-            self.in_flight -= len(waiting)
-        return waiting
 
     # ------------------------------------------------------------------ loop
     def _loop(self) -> None:
@@ -208,14 +212,7 @@ class ModelRunner:
         )
         with self._lock:
             self.fatal = exc
-        pending = [*batch.items, *batch.expired]
-        while True:
-            try:
-                item = self._q.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, FrameJob):
-                pending.append(item)
+        pending = [*batch.items, *batch.expired, *self._take_waiting()[0]]
         for job in pending:
             if not job.future.done():
                 job.future.set_exception(exc)

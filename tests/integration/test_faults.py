@@ -396,3 +396,43 @@ def test_bad_frames_from_a_foreign_producer_get_errors_and_the_worker_goes_on(
     assert after.status == "ok"
     record(13, "bad input from a foreign producer", answered_error=len(answers),
            errors={k: a["error"]["type"] for k, a in answers.items()}, next_frame=after.status.value)  # fmt: skip
+
+
+@pytest.mark.timeout(1800)  # the long version (make faults) runs for minutes
+def test_long_run_memory_stays_flat(settings: Settings, redis_url: str, start_worker) -> None:
+    """Row 15: many frames through one worker; its RSS after warm-up stays flat.
+
+    2,000 frames here; ``FRAMEPOOL_LONG=1`` (``make faults``) sends 100,000.
+    """
+    import psutil
+
+    total = 100_000 if os.environ.get("FRAMEPOOL_LONG") == "1" else 2_000
+    worker = start_worker(["noop"])
+    frame = cmd_frame(OK)
+    client = redis.Redis.from_url(redis_url)
+    with FrameProducer(settings) as p:
+
+        def send(n: int, first_seq: int) -> list:
+            handles = []
+            for start in range(0, n, 500):  # in windows, so the queue stays short
+                window = p.submit_many(
+                    {"model_id": "noop", "frame": frame, "camera_id": "k15", "seq": first_seq + i}
+                    for i in range(start, min(n, start + 500))
+                )
+                handles += [h.get(timeout=120) for h in window]
+            return handles
+
+        warm = send(500, 0)
+        proc = psutil.Process(worker.proc.pid)
+        before = proc.memory_info().rss / 2**20
+        began = time.monotonic()
+        results = send(total, 500)
+        took = time.monotonic() - began
+        after = proc.memory_info().rss / 2**20
+    assert all(r.status == "ok" for r in warm + results)
+    growth = after - before
+    # a leak of 1 KB a frame would be 2 MB here and 100 MB over the long run
+    assert growth < max(16.0, total / 1000 * 0.25), f"RSS grew {growth:.1f} MB over {total} frames"
+    record(15, "long run (noop model, one worker)", frames=total, lost=0,
+           rss_before_mb=round(before, 1), rss_growth_mb=round(growth, 1),
+           frames_per_s=round(total / took, 1), stream_entries=client.xlen(keys.result_stream("k15")))  # fmt: skip

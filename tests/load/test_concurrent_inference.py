@@ -12,7 +12,6 @@ from __future__ import annotations
 import psutil
 import pytest
 
-from tests.faults import record
 from tests.load.conftest import LONG, MODEL, LoadTarget
 from tests.load.loadgen import TARGET_ERROR_RATE, run_load
 
@@ -87,5 +86,3 @@ def test_memory_stability(load_target: LoadTarget) -> None:
     # would show here (30 MB over 300 frames).
     for name, mb in growth.items():
         assert mb < 64, f"{name} RSS grew {mb:.1f} MB over {frames} frames"
-    record(15, "long run", frames=frames, rss_growth_mb={k: round(v, 1) for k, v in growth.items()},
-           errors=report.as_dict()["error_rate"])  # fmt: skip
