@@ -140,7 +140,13 @@ def run_worker(
         )
 
     concurrency = concurrency or settings.worker_concurrency or 2 * settings.max_batch_size
-    worker = thread_worker(app, name, [keys.queue_name(m) for m in runtime.ready_models], concurrency, settings.log_level)
+    worker = thread_worker(
+        app,
+        name,
+        [keys.queue_name(m) for m in runtime.ready_models],
+        concurrency,
+        settings.log_level,
+    )
     stopped = threading.Event()
     _drain_on_shutdown(settings, runtime, heartbeat, consumer, stopped)
     try:
