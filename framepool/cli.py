@@ -11,54 +11,20 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
-from framepool.errors import BrokerUnavailable, FramepoolError, UnknownModel
-from framepool.settings import Settings, get_settings
-
-EXIT_BAD_INPUT = 2
-EXIT_UNAVAILABLE = 3
-
-
-def _fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-def _settings() -> Settings:
-    from pydantic import ValidationError
-
-    try:
-        return get_settings()
-    except ValidationError as exc:
-        _fail(f"invalid settings: {exc}")
-
-
-def _split(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def _check_models(settings: Settings, model_ids: list[str]) -> None:
-    from framepool.manifest import discover
-
-    known, errors = discover(settings.models_root)
-    for m in model_ids:
-        if m in errors:
-            _fail(f"model {m!r} has a broken manifest: {errors[m]}")
-        if m not in known:
-            _fail(str(UnknownModel(m, list(known))))
-
-
-def _require_redis(settings: Settings) -> None:
-    from framepool.redis_server import ping
-
-    if not ping(settings.redis_url, timeout=2.0):
-        _fail(
-            "Redis unreachable at REDIS_URL; start one with `framepool up` or set REDIS_URL",
-            EXIT_UNAVAILABLE,
-        )
+from framepool.cli_bench import bench
+from framepool.cli_common import (
+    EXIT_UNAVAILABLE,
+    check_models,
+    fail,
+    load_settings,
+    require_redis,
+    split_list,
+)
+from framepool.errors import BrokerUnavailable, FramepoolError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,22 +45,22 @@ def worker(device: str, models_: str, concurrency: int | None, name: str | None)
     try:
         pinned = pin_device(device)
     except FramepoolError as exc:
-        _fail(str(exc))
-    settings = _settings()
+        fail(str(exc))
+    settings = load_settings()
     from framepool.log import configure_logging
 
     configure_logging(settings)
-    model_ids = _split(models_)
+    model_ids = split_list(models_)
     if not model_ids:
-        _fail("--models needs at least one model id")
-    _check_models(settings, model_ids)
-    _require_redis(settings)
+        fail("--models needs at least one model id")
+    check_models(settings, model_ids)
+    require_redis(settings)
     from workers.main import run_worker
 
     try:
         code = run_worker(settings, pinned, model_ids, concurrency, name)
     except FramepoolError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     sys.exit(code)
 
 
@@ -108,15 +74,15 @@ def submit(
     model_id: str, camera_id: str | None, wait: bool, timeout: float, images: tuple[str, ...]
 ) -> None:
     """Enqueue image files; print job ids (or results with --wait) as JSON lines."""
-    settings = _settings()
+    settings = load_settings()
     items: list[dict[str, Any]] = []
     for seq, path in enumerate(images):
         try:
             data = Path(path).read_bytes()
         except OSError as exc:
-            _fail(f"cannot read {path}: {exc.strerror}")
+            fail(f"cannot read {path}: {exc.strerror}")
         items.append({"model_id": model_id, "frame": data, "camera_id": camera_id, "seq": seq})
-    _require_redis(settings)
+    require_redis(settings)
     from producer import FrameProducer
 
     try:
@@ -133,9 +99,9 @@ def submit(
                 result = h.get(timeout=timeout)
                 click.echo(json.dumps({"file": path, **result.model_dump(mode="json")}))
     except BrokerUnavailable as exc:
-        _fail(str(exc), EXIT_UNAVAILABLE)
+        fail(str(exc), EXIT_UNAVAILABLE)
     except FramepoolError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 @main.command()
@@ -174,9 +140,9 @@ def ingest(
     reconnect when they drop and run until --duration, --count or Ctrl-C.
     See docs/ingest.md.
     """
-    settings = _settings()
+    settings = load_settings()
     if len(cameras) != len(sources):
-        _fail(f"give one --source per --camera (got {len(cameras)} and {len(sources)})")
+        fail(f"give one --source per --camera (got {len(cameras)} and {len(sources)})")
     interactive = sys.stdout.isatty()
     from framepool.log import configure_logging
     from producer.ingest import IngestConfig, LiveStderr, run_ingest
@@ -200,22 +166,22 @@ def ingest(
         )
         for camera_id, spec in zip(cameras, sources, strict=True):
             opened.append(open_source(spec, camera_id))
-        _require_redis(settings)
+        require_redis(settings)
         from producer import FrameProducer
 
         with FrameProducer(settings) as producer:
             summary = run_ingest(producer, opened, config, progress=interactive)
     except BrokerUnavailable as exc:
-        _fail(str(exc), EXIT_UNAVAILABLE)
+        fail(str(exc), EXIT_UNAVAILABLE)
     except FramepoolError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     finally:
         for source in opened:
             source.close()
     click.echo(json.dumps(summary))
     failed = [f"camera {c}: {v['error']}" for c, v in summary["cameras"].items() if v["error"]]
     if failed:
-        _fail("; ".join(failed), 1)
+        fail("; ".join(failed), 1)
 
 
 @main.command()
@@ -233,8 +199,8 @@ def results(camera_id: str, follow: bool, count: int, skip_late: bool) -> None:
 
     from producer.results import CameraResults
 
-    settings = _settings()
-    _require_redis(settings)
+    settings = load_settings()
+    require_redis(settings)
     reader = CameraResults(redis.Redis.from_url(settings.redis_url), camera_id, skip_late=skip_late)
     for r in reader.recent(count):
         click.echo(r.as_json())
@@ -257,8 +223,8 @@ def profile(worker_name: str, batches: int, model_id: str | None, timeout: float
     from framepool import keys
     from framepool.celery_app import create_app
 
-    settings = _settings()
-    _require_redis(settings)
+    settings = load_settings()
+    require_redis(settings)
     app = create_app(settings)
     replies = app.control.broadcast(
         keys.PROFILE_COMMAND,
@@ -269,9 +235,9 @@ def profile(worker_name: str, batches: int, model_id: str | None, timeout: float
     )
     answer = next((r[worker_name] for r in replies if worker_name in r), None)
     if answer is None:
-        _fail(f"worker {worker_name!r} did not answer within {timeout:g}s", EXIT_UNAVAILABLE)
+        fail(f"worker {worker_name!r} did not answer within {timeout:g}s", EXIT_UNAVAILABLE)
     if "error" in answer:
-        _fail(answer["error"])
+        fail(answer["error"])
     click.echo(json.dumps({"worker": worker_name, "pending_batches": answer["ok"]}))
 
 
@@ -298,13 +264,13 @@ def scale(model_id: str, target: int, timeout: float, dry_run: bool, as_json: bo
     from monitoring.cluster import ClusterReader
     from monitoring.scaling import LEAVING, USABLE, plan_consumers
 
-    settings = _settings()
-    _check_models(settings, [model_id])
-    _require_redis(settings)
+    settings = load_settings()
+    check_models(settings, [model_id])
+    require_redis(settings)
     reader = ClusterReader(redis.Redis.from_url(settings.redis_url, socket_timeout=5), settings)
     live = {w.name: w for w in reader.read().workers if w.state not in LEAVING}
     if not live:
-        _fail("no live workers (no heartbeats in Redis): start some first", EXIT_UNAVAILABLE)
+        fail("no live workers (no heartbeats in Redis): start some first", EXIT_UNAVAILABLE)
     app = create_app(settings)
     names = sorted(live)
     replies = app.control.inspect(destination=names, timeout=timeout, limit=len(names))
@@ -354,7 +320,7 @@ def scale(model_id: str, target: int, timeout: float, dry_run: bool, as_json: bo
             click.echo(f"no reply from: {', '.join(silent)}", err=True)
     if change.short:
         with_model = sorted(w for w, ok in loaded.items() if ok)
-        _fail(
+        fail(
             f"{target} asked, but only {len(with_model)} live worker(s) have {model_id} loaded "
             f"({', '.join(with_model) or 'none'}); start more with `framepool worker --models "
             f"{model_id}` on any host with the same REDIS_URL",
@@ -383,7 +349,7 @@ def _serve(app: Any, host: str, port: int, name: str, hint: str) -> None:
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="[MONITOR_PORT]")
 def monitor(port: int | None) -> None:
     """The monitor service: /metrics, /health, the GPU API, the live stream and the dashboard."""
-    settings = _settings()
+    settings = load_settings()
     if port is not None:
         settings = settings.model_copy(update={"monitor_port": port})
     from framepool.log import configure_logging
@@ -403,7 +369,7 @@ def monitor(port: int | None) -> None:
 @click.option("--port", type=click.IntRange(1, 65535), default=None, help="[SERVER_PORT]")
 def gateway(port: int | None) -> None:
     """The HTTP gateway: /inference, /v1/frames, /v1/jobs, /capabilities, /health, /metrics."""
-    settings = _settings()
+    settings = load_settings()
     if port is not None:
         settings = settings.model_copy(update={"server_port": port})
     from framepool.log import configure_logging
@@ -430,17 +396,17 @@ def flower(port: int | None, no_auth: bool) -> None:
     """Flower on framepool's Celery app: every frame task; basic auth from FLOWER_BASIC_AUTH."""
     from framepool.flower import flower_argv, run_flower, users
 
-    settings = _settings()
+    settings = load_settings()
     if port is not None:
         settings = settings.model_copy(update={"flower_port": port})
     try:
         argv = flower_argv(settings, no_auth=no_auth)
     except FramepoolError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     from framepool.log import configure_logging
 
     configure_logging(settings)
-    _require_redis(settings)
+    require_redis(settings)
     who = ", ".join(users(settings)) or "NO AUTH"
     click.echo(
         f"framepool flower on http://{settings.server_host}:{settings.flower_port}/ "
@@ -456,11 +422,11 @@ def flower(port: int | None, no_auth: bool) -> None:
 @click.option("--name", help="worker name [callbacks@<host>]")
 def callbacks(concurrency: int, name: str | None) -> None:
     """The webhook worker: POSTs results to their callback_url (queue framepool.callbacks)."""
-    settings = _settings()
+    settings = load_settings()
     from framepool.log import configure_logging
 
     configure_logging(settings)
-    _require_redis(settings)
+    require_redis(settings)
     from workers.callbacks import run_callbacks_worker  # no torch
 
     sys.exit(run_callbacks_worker(settings, concurrency, name))
@@ -483,8 +449,8 @@ def dead_letters(kind: str | None, limit: int, requeue: bool, as_json: bool) -> 
     from framepool import deadletters
     from framepool.celery_app import create_app
 
-    settings = _settings()
-    _require_redis(settings)
+    settings = load_settings()
+    require_redis(settings)
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
     if requeue:
         report = deadletters.requeue(client, create_app(settings), kind=kind, limit=limit)
@@ -513,8 +479,8 @@ def status(watch: bool) -> None:
     from monitoring.cluster import ClusterReader
     from monitoring.status import render_status
 
-    settings = _settings()
-    _require_redis(settings)
+    settings = load_settings()
+    require_redis(settings)
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5)
     reader = ClusterReader(client, settings)
     alerts = AlertEngine(client, settings)
@@ -543,7 +509,7 @@ def models_cmd() -> None:
 
     from framepool.manifest import discover
 
-    settings = _settings()
+    settings = load_settings()
     found, errors = discover(settings.models_root)
     table = Table(title=f"models in {settings.models_root}")
     for col in ("id", "version", "input", "labels", "max batch", "memory MB", "weights"):
@@ -562,7 +528,7 @@ def models_cmd() -> None:
     for folder, err in errors.items():
         click.echo(f"broken: {folder}: {err}", err=True)
     if not found:
-        _fail(f"no models under {settings.models_root}")
+        fail(f"no models under {settings.models_root}")
 
 
 @main.command()
@@ -590,9 +556,9 @@ def up(
     """
     from framepool.stack import Stack
 
-    settings = _settings()
-    model_ids = _split(models_)
-    _check_models(settings, model_ids)
+    settings = load_settings()
+    model_ids = split_list(models_)
+    check_models(settings, model_ids)
     try:
         with Stack(
             settings,
@@ -608,7 +574,7 @@ def up(
             for message in st.supervisor.messages:  # a worker given up on: say so first
                 click.echo(f"error: {message}", err=True)
     except (FramepoolError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except KeyboardInterrupt:
         return
     if st.supervisor.exit_code:
@@ -626,108 +592,17 @@ def demo(duration: float | None, cameras: int, fps: float, model_id: str, gpus: 
     """The whole system on this machine with synthetic cameras and a live table."""
     from framepool.demo import run_demo
 
-    settings = _settings()
-    _check_models(settings, [model_id])
+    settings = load_settings()
+    check_models(settings, [model_id])
     try:
         run_demo(
             settings, duration=duration, cameras=cameras, fps=fps, model_id=model_id, gpus=gpus
         )
     except FramepoolError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
-@main.group()
-def bench() -> None:
-    """Reproducible benchmarks (results in docs/benchmarks.md)."""
-
-
-@bench.command(name="pipeline")
-@click.option("--frames", default=600, show_default=True, type=click.IntRange(10))
-@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1))
-@click.option("--out", default="benchmarks/results/pipeline.json", show_default=True)
-def bench_pipeline(frames: int, repeats: int, out: str) -> None:
-    """End to end against the model's own loop and plain Celery (issue 2's goals)."""
-    from benchmarks.pipeline import main as run
-
-    started = time.time()
-    sys.exit(run(frames=frames, repeats=repeats, out=Path(out), started=started))
-
-
-@bench.command(name="monitor")
-@click.option("--duration", default=30.0, show_default=True, type=click.FloatRange(5),
-              help="seconds per CPU window")  # fmt: skip
-@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1),
-              help="CPU windows")  # fmt: skip
-@click.option("--reads", default=30, show_default=True, type=click.IntRange(3),
-              help="timed read() calls")  # fmt: skip
-@click.option("--out", default="benchmarks/results/monitor.json", show_default=True)
-def bench_monitor(duration: float, repeats: int, reads: int, out: str) -> None:
-    """The monitor with 32 workers x 5 models: read() and /metrics time, CPU per second."""
-    from benchmarks.monitor import main as run
-
-    started = time.time()
-    sys.exit(run(duration=duration, repeats=repeats, reads=reads, out=Path(out), started=started))
-
-
-@bench.command(name="models")
-@click.option("--models", "models_", help="comma-separated model ids [resnet50,resnet18]")
-@click.option("--batches", help="comma-separated batch sizes [1,8,32 on CPU; 1,8,32,64 on CUDA]")
-@click.option("--repeats", type=click.IntRange(1), help="timed repeats per figure [5]")
-@click.option("--out", default="benchmarks/results/models.json", show_default=True)
-def bench_models(models_: str | None, batches: str | None, repeats: int | None, out: str) -> None:
-    """Models' throughput (fp32/fp16), measured memory, profiler cost, OOM recovery."""
-    started = time.time()
-    try:
-        sizes = None if batches is None else [int(b) for b in _split(batches)]
-    except ValueError:
-        _fail(f"--batches must be comma-separated integers, got {batches!r}")
-    if sizes is not None and (not sizes or min(sizes) < 1):
-        _fail(f"--batches must be comma-separated integers >= 1, got {batches!r}")
-    model_ids = None if models_ is None else _split(models_)
-    if model_ids is not None and not model_ids:
-        _fail("--models needs at least one model id")
-    settings = _settings()
-    from benchmarks.models import main as run
-
-    sys.exit(run(settings, model_ids, sizes, repeats, out=Path(out), started=started))
-
-
-@bench.command(name="scale")
-@click.option("--model", "model_id", default="resnet18", show_default=True)
-@click.option("--workers", "counts", default="1,2,4", show_default=True,
-              help="worker processes per GPU (CPU workers without one), comma-separated")  # fmt: skip
-@click.option("--frames", default=400, show_default=True, type=click.IntRange(10))
-@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1))
-@click.option("--gpus", default="all", show_default=True, help="all, none or a list like 0,1")
-@click.option("--threads", default="auto", show_default=True,
-              help="torch threads per worker: auto (CPUs / workers on CPU) or a number")  # fmt: skip
-@click.option("--out", default="benchmarks/results/scale.json", show_default=True)
-@click.option("--no-docs", is_flag=True, help="leave docs/benchmarks.md alone (a trial run)")
-def bench_scale(
-    model_id: str,
-    counts: str,
-    frames: int,
-    repeats: int,
-    gpus: str,
-    threads: str,
-    out: str,
-    no_docs: bool,
-) -> None:
-    """Frames/s of one model with 1, 2, 4 ... worker processes (speed-up, efficiency)."""
-    started = time.time()
-    try:
-        numbers = [int(c) for c in _split(counts)]
-    except ValueError:
-        numbers = []
-    if not numbers or min(numbers) < 1:
-        _fail(f"--workers must be comma-separated integers >= 1, got {counts!r}")
-    if threads != "auto" and not (threads.isdigit() and int(threads) >= 1):
-        _fail(f"--threads must be auto or an integer >= 1, got {threads!r}")
-    _check_models(_settings(), [model_id])
-    from benchmarks.scale import main as run
-
-    sys.exit(run(model=model_id, counts=numbers, frames=frames, repeats=repeats, gpus=gpus,
-                 threads=threads, out=Path(out), docs=not no_docs, started=started))  # fmt: skip
+main.add_command(bench)
 
 
 if __name__ == "__main__":
