@@ -154,6 +154,8 @@ class FrameProducer:
         for i, item in enumerate(items):
             try:
                 prepared.append(self._prepare(**_submit_kwargs(item)))
+            except UnknownModel:
+                raise  # it names the model, which is what the caller needs
             except BadInput as exc:
                 raise type(exc)(f"item {i}: {exc}") from exc
         return self._send_all(prepared)
@@ -288,7 +290,11 @@ class FrameProducer:
             self._mark_latest(items)
             with self.app.producer_or_acquire() as producer, _maybe_batch(producer, len(items)):
                 for item in items:
-                    item.meta["enqueued_at"] = time.time()  # after the depth check's round trip
+                    # after the depth check's round trip; the deadline counts from here too
+                    now = time.time()
+                    if item.meta["deadline_at"] is not None:
+                        item.meta["deadline_at"] += now - item.meta["enqueued_at"]
+                    item.meta["enqueued_at"] = now
                     self.app.send_task(
                         keys.INFER_TASK,
                         args=(item.data, item.meta),
