@@ -9,6 +9,7 @@ success, not on an exception, not on Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,6 +316,33 @@ class Sandbox:
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_sandboxed(body: Callable[[Sandbox], None], *around: Any) -> int | None:
+    """Run ``body`` in a fresh :class:`Sandbox` (inside the ``around`` context
+    managers); None when it finished, else the exit code with the reason printed:
+    130 when interrupted, 1 when it failed. Workers and Redis are stopped either way."""
+    try:
+        with contextlib.ExitStack() as stack:
+            for cm in around:
+                stack.enter_context(cm)
+            sb = stack.enter_context(Sandbox())
+            try:
+                body(sb)
+            except BaseException as exc:
+                # Drop the result handles the traceback's frames hold while Redis is
+                # still up: Celery's AsyncResult.__del__ otherwise retries a gone
+                # Redis for 20 s after the sandbox has stopped it.
+                traceback.clear_frames(exc.__traceback__)
+                gc.collect()
+                raise
+    except KeyboardInterrupt:
+        print("interrupted: workers and Redis stopped", file=sys.stderr)
+        return 130
+    except Exception as exc:  # workers and Redis are already stopped here
+        print(f"benchmark failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return None
 
 
 def save_report(

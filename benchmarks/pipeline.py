@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import gc
 import resource
 import sys
 import threading
 import time
-import traceback
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +43,7 @@ from benchmarks.harness import (
     median,
     percentile,
     ratio,
+    run_sandboxed,
     save_report,
     steady_rate,
     test_frames,
@@ -892,32 +891,19 @@ def main(frames: int, repeats: int, out: Path, started: float) -> int:
     jpegs = test_frames(DISTINCT_FRAMES, quality=defaults.jpeg_quality)
     info = machine_info()
     _log(f"{command}: {info['nproc']} CPUs, {info['cpu']}; torch threads {threads}")
-    try:
-        with _quiet_logs(), Sandbox() as sb:
-            try:
-                res = scenario_resnet18(sb, jpegs, frames, repeats, threads)
-                res.update(scenario_latency(sb, jpegs, latency_frames, repeats, threads))
-                noop = scenario_noop(
-                    sb,
-                    jpegs,
-                    NOOP_FRAMES_FACTOR * frames,
-                    repeats,
-                    threads,
-                    max(10, latency_frames // PLAIN_LATENCY_DIVISOR),
-                )
-            except BaseException as exc:
-                # Drop the result handles the traceback's frames hold while Redis is
-                # still up: Celery's AsyncResult.__del__ otherwise retries a gone
-                # Redis for 20 s after the sandbox has stopped it.
-                traceback.clear_frames(exc.__traceback__)
-                gc.collect()
-                raise
-    except KeyboardInterrupt:
-        print("interrupted: workers and Redis stopped", file=sys.stderr)
-        return 130
-    except Exception as exc:  # workers and Redis are already stopped here
-        print(f"benchmark failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+    res: dict[str, Any] = {}
+    noop: dict[str, Any] = {}
+
+    def body(sb: Sandbox) -> None:
+        res.update(scenario_resnet18(sb, jpegs, frames, repeats, threads))
+        res.update(scenario_latency(sb, jpegs, latency_frames, repeats, threads))
+        noop_frames = NOOP_FRAMES_FACTOR * frames
+        plain_frames = max(10, latency_frames // PLAIN_LATENCY_DIVISOR)
+        noop.update(scenario_noop(sb, jpegs, noop_frames, repeats, threads, plain_frames))
+
+    failed = run_sandboxed(body, _quiet_logs())
+    if failed is not None:
+        return failed
     runtime = time.time() - started
     report: dict[str, Any] = {
         "command": command,

@@ -16,12 +16,9 @@ to docs/benchmarks.md.
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import json
 import os
-import sys
 import time
-import traceback
 from collections import Counter, deque
 from pathlib import Path
 from typing import Any
@@ -34,6 +31,7 @@ from benchmarks.harness import (
     Sandbox,
     machine_info,
     median,
+    run_sandboxed,
     save_report,
     steady_rate,
     test_frames,
@@ -257,22 +255,14 @@ def main(
     info = machine_info()
     _log(f"{command}: {info['nproc']} CPUs, {info['cpu']}")
     rows: list[dict[str, Any]] = []
-    try:
-        with Sandbox() as sb:
-            try:
-                for n in counts:
-                    rows.append(measure(sb, jpegs, gpus, n, model, frames, repeats, threads))
-            except BaseException as exc:
-                # drop result handles while Redis is up (AsyncResult.__del__ would retry it)
-                traceback.clear_frames(exc.__traceback__)
-                gc.collect()
-                raise
-    except KeyboardInterrupt:
-        print("interrupted: workers and Redis stopped", file=sys.stderr)
-        return 130
-    except Exception as exc:  # workers and Redis are already stopped here
-        print(f"benchmark failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+
+    def body(sb: Sandbox) -> None:
+        for n in counts:
+            rows.append(measure(sb, jpegs, gpus, n, model, frames, repeats, threads))
+
+    failed = run_sandboxed(body)
+    if failed is not None:
+        return failed
     report = {
         "command": command,
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
