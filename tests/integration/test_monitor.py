@@ -23,6 +23,7 @@ from framepool import codec, keys
 from framepool.settings import Settings
 from producer import FrameProducer
 from producer.sources.synthetic import SyntheticCamera
+from tests.contract import REFERENCE_METRICS
 from tests.faults import wait_for
 from tests.heartbeats import gpu_heartbeat, publish
 from tests.services import ServiceProcess
@@ -30,23 +31,8 @@ from tests.services import ServiceProcess
 TOKEN = "monitor-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
-REFERENCE_METRICS = (
-    "inference_requests",  # counters lose _total in the parser's family names
-    "inference_duration_seconds",
-    "inference_queue_size",
-    "concurrent_requests_active",
-    "model_load_status",
-    "model_health_status",
-    "model_inference_count",
-    "model_error_count",
-    "gpu_memory_used_bytes",
-    "gpu_memory_total_bytes",
-    "gpu_memory_reserved_bytes",
-    "gpu_utilization_percent",
-    "gpu_temperature_celsius",
-    "frame_decode_duration_seconds",
-    "frame_size_bytes",
-)
+# counters lose _total in the parser's family names
+REFERENCE_FAMILIES = tuple(m.removesuffix("_total") for m in REFERENCE_METRICS)
 
 
 class Monitor(ServiceProcess):
@@ -107,7 +93,7 @@ def test_metrics_health_and_api_follow_a_real_worker(
     mon = start_monitor()
     wait_for(lambda: mon.get("/health").json()["workers_up"] == 1)
     before = families(httpx.get(f"{mon.url}/metrics").text)  # open without a token
-    for name in REFERENCE_METRICS:
+    for name in REFERENCE_FAMILIES:
         assert name in before, name
     sent_before = sample_value(
         before, "inference_requests", "inference_requests_total", model_id="shape_detector"

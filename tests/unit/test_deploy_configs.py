@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests.contract import REFERENCE_METRICS
+
 yaml = pytest.importorskip("yaml")
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -23,21 +25,7 @@ GRAFANA = DEPLOY / "grafana"
 
 #: What monitoring/collector.py exports (contract: the fifteen reference names plus framepool's).
 COLLECTOR_METRICS = {
-    "gpu_utilization_percent",
-    "gpu_memory_used_bytes",
-    "gpu_memory_total_bytes",
-    "gpu_memory_reserved_bytes",
-    "gpu_temperature_celsius",
-    "inference_requests_total",
-    "inference_duration_seconds",
-    "inference_queue_size",
-    "concurrent_requests_active",
-    "model_load_status",
-    "model_health_status",
-    "model_inference_count",
-    "model_error_count",
-    "frame_decode_duration_seconds",
-    "frame_size_bytes",
+    *REFERENCE_METRICS,
     "framepool_queue_depth",
     "framepool_queue_oldest_age_seconds",
     "framepool_frames_dropped_total",
