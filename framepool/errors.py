@@ -63,6 +63,16 @@ class WorkerStopping(Retryable):
     """The worker is draining (SIGTERM): the frame goes back to its queue for another."""
 
 
+class FrameMissing(BadFrame):
+    """A claim-checked frame's bytes are no longer in Redis (older than FRAME_TTL_SECONDS,
+    or deleted): the frame is answered ``error``, not run."""
+
+
+class ResultNotStored(Retryable):
+    """The worker could not write a frame's result to Redis: the message goes back to its
+    queue (not acked), so the frame is answered once Redis is back."""
+
+
 class ModelError(FramepoolError):
     """The model raised on input that was valid."""
 

@@ -45,6 +45,21 @@ def result_done(job_id: str) -> str:
     return f"{PREFIX}:done:{job_id}"
 
 
+def frame_data(job_id: str) -> str:
+    """The frame's encoded bytes while its message waits (claim check, ``FRAME_CLAIM_CHECK``):
+    set by the producer with its message, deleted with the frame's result."""
+    return f"{PREFIX}:frame:{job_id}"
+
+
+#: Celery's Redis result backend keeps a task's result under this key (and
+#: publishes it on a channel of the same name); workers write it themselves.
+CELERY_RESULT_PREFIX = "celery-task-meta-"
+
+
+def celery_result(job_id: str) -> str:
+    return f"{CELERY_RESULT_PREFIX}{job_id}"
+
+
 def frame_attempts(job_id: str) -> str:
     """How many times a redelivered frame was started alone (a poison frame's count)."""
     return f"{PREFIX}:attempts:{job_id}"

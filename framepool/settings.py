@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     # "deadline_ms": 500}}; a submit's own deadline_ms / latest_wins override them
     live_policies: dict[str, LivePolicy] = Field(default_factory=dict)
     result_ttl_seconds: int = Field(3600, ge=1)
+    # claim check: the producer stores a frame's bytes under their own key and its
+    # Celery message carries only the metadata (a small message for the worker's
+    # consumer to decode, copy and ack); the key lives until the frame's result is
+    # written, at most FRAME_TTL_SECONDS (a frame queued longer is answered error)
+    frame_claim_check: bool = True
+    frame_ttl_seconds: int = Field(86400, ge=60)
     result_stream_maxlen: int = Field(10000, ge=1)
     visibility_timeout_seconds: int = Field(3600, ge=1)
     # a redelivered frame runs alone; one started alone this many times (it kills

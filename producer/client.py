@@ -4,6 +4,10 @@ Frames are judged before enqueue (format and dimensions from the header, size
 and pixel limits) and sent as the ``framepool.infer`` task onto the model's own
 queue, with the correlation id in the message header ``correlation_id``.
 ``submit_many`` sends a whole list in one Redis pipeline.
+
+With ``FRAME_CLAIM_CHECK`` (the default) a frame's bytes go under a key of their
+own (``keys.frame_data(job_id)``), set in the same round trip as the queue-depth
+check, and the message carries only the metadata.
 """
 
 from __future__ import annotations
@@ -240,14 +244,22 @@ class FrameProducer:
         data = frame if isinstance(frame, bytes) else bytes(frame)
         return _Prepared(data, meta, correlation.new_id(), cid, argsrepr)
 
-    def _depths(self, model_ids: Iterable[str]) -> dict[str, int]:
+    def _depths(
+        self, model_ids: Iterable[str], store: list[_Prepared] | None = None
+    ) -> dict[str, int]:
+        """Each model's queued frames; ``store``'s frames are claim-checked (their bytes
+        SET under ``keys.frame_data``) in the same round trip."""
         ids = list(dict.fromkeys(model_ids))
+        store = store or []
+        ttl = self.settings.frame_ttl_seconds
         try:
             with self.redis.pipeline(transaction=False) as pipe:
+                for item in store:
+                    pipe.set(keys.frame_data(item.job_id), item.data, ex=ttl)
                 for m in ids:
                     for name in keys.queue_lists(m):
                         pipe.llen(name)
-                counts = pipe.execute()
+                counts = pipe.execute()[len(store) :]
         except redis.RedisError as exc:
             raise BrokerUnavailable(f"Redis unreachable: {exc}") from exc
         per = len(keys.queue_lists(ids[0])) if ids else 0
@@ -257,10 +269,13 @@ class FrameProducer:
         if not items:
             return []
         limit = self.settings.max_queue_depth
-        room = {m: limit - d for m, d in self._depths(i.meta["model_id"] for i in items).items()}
+        claim = self.settings.frame_claim_check
+        depths = self._depths((i.meta["model_id"] for i in items), items if claim else None)
+        room = {m: limit - d for m, d in depths.items()}
         handles: list[FrameHandle] = []
         refused: Counter[str] = Counter()
         accepted: list[_Prepared] = []
+        stored_refused: list[str] = []
         for item in items:
             m = item.meta["model_id"]
             if room[m] > 0:
@@ -269,13 +284,15 @@ class FrameProducer:
                 handles.append(FrameHandle(self.app, item.job_id, item.correlation_id, item.meta))
             else:
                 refused[m] += 1
+                if claim:
+                    stored_refused.append(item.job_id)
                 exc = QueueFull(m, limit - room[m], limit)
                 handles.append(
                     FrameHandle(self.app, item.job_id, item.correlation_id, item.meta, exc)
                 )
-        self._publish(accepted)
+        self._publish(accepted, claim)
         if refused:
-            self._count_refused(refused)
+            self._count_refused(refused, stored_refused)
             if self.settings.queue_full_policy == "reject":
                 first = next(h.refused for h in handles if h.refused is not None)
                 assert first is not None
@@ -283,7 +300,7 @@ class FrameProducer:
                 raise first
         return handles
 
-    def _publish(self, items: list[_Prepared]) -> None:
+    def _publish(self, items: list[_Prepared], claim: bool) -> None:
         if not items:
             return
         try:
@@ -297,7 +314,9 @@ class FrameProducer:
                     item.meta["enqueued_at"] = now
                     self.app.send_task(
                         keys.INFER_TASK,
-                        args=(item.data, item.meta),
+                        # claim-checked: no bytes in the message, the worker reads
+                        # them from keys.frame_data(job_id)
+                        args=(None if claim else item.data, item.meta),
                         task_id=item.job_id,
                         queue=keys.queue_name(item.meta["model_id"]),
                         headers={correlation.HEADER: item.correlation_id},
@@ -325,11 +344,13 @@ class FrameProducer:
                 pipe.set(key, job_id, ex=ttl)
             pipe.execute()
 
-    def _count_refused(self, refused: Counter[str]) -> None:
+    def _count_refused(self, refused: Counter[str], stored: list[str]) -> None:
         try:
             with self.redis.pipeline(transaction=False) as pipe:
                 for model_id, n in refused.items():
                     pipe.hincrby(keys.dropped_counter(model_id), "queue_full", n)
+                if stored:  # claim-checked before the depth was known: not sent
+                    pipe.delete(*(keys.frame_data(job_id) for job_id in stored))
                 pipe.execute()
         except redis.RedisError:
             pass  # counting must not hide the refusal itself

@@ -19,12 +19,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from framepool import keys
 from framepool.log import get_logger
 
 log = get_logger(__name__)
-
-#: Celery's key (and channel) for a task's result
-RESULT_KEY = "celery-task-meta-{}"
 
 
 class ResultWaiter:
@@ -50,7 +48,7 @@ class ResultWaiter:
             await self.client.aclose()
 
     async def wait(self, job_id: str, timeout: float) -> bytes | None:
-        key = RESULT_KEY.format(job_id)
+        key = keys.celery_result(job_id)
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self.waiting.setdefault(key, []).append(fut)
         try:

@@ -1,4 +1,4 @@
-"""Building InferenceResult dicts and writing them to each camera's stream."""
+"""Building InferenceResult dicts and writing them: the result store, each camera's stream."""
 
 from __future__ import annotations
 
@@ -7,11 +7,15 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+import msgpack
 import redis
+from celery import states
 
 from framepool import keys
+from framepool.errors import ResultNotStored
 from framepool.log import get_logger
 from framepool.schemas import FrameMeta, Status
 
@@ -93,42 +97,67 @@ def build_result(
     }
 
 
-# Writes each result once per job_id, to its camera's stream, and marks, per
-# (camera, model), a result that arrives after one of a later frame: ``order`` is
-# "late" when its seq is below the highest appended so far *and* it was enqueued
-# before that one (a camera that restarts its seq from 0 is not late, it starts
-# over). A job_id already written (a frame executed twice: redelivered after a
-# lost worker or a visibility timeout) writes nothing and is returned.
-# KEYS per result: its done marker, its stream and order hash ("" without camera).
+# Writes each result once per job_id: Celery's result key (SET + PUBLISH, as
+# Celery's Redis backend does, so AsyncResult.get and the gateway's waiter see
+# it), then its camera's stream, and marks, per (camera, model), a result that
+# arrives after one of a later frame: ``order`` is "late" when its seq is below
+# the highest appended so far *and* it was enqueued before that one (a camera
+# that restarts its seq from 0 is not late, it starts over). A job_id already
+# written (a frame executed twice: redelivered after a lost worker or a
+# visibility timeout) writes nothing and is returned. The claim-checked frame's
+# bytes are deleted either way.
+# KEYS per result: its done marker, its stream and order hash ("" without camera),
+# its Celery result key, its frame key.
 # ARGV: maxlen, ttl, then per result model_id, seq (-1: none), enqueued_at,
-# job_id, status, result JSON.
+# job_id, status, result JSON (for the stream), Celery's encoded result.
 _APPEND = """
 local maxlen, ttl = ARGV[1], ARGV[2]
 local dups = {}
-for i = 1, #KEYS / 3 do
-  local done, stream, order = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-  local a = 3 + (i - 1) * 6
+for i = 1, #KEYS / 5 do
+  local k = 5 * (i - 1)
+  local done, stream, order = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
+  local a = 3 + (i - 1) * 7
   if not redis.call('SET', done, '1', 'NX', 'EX', ttl) then
     table.insert(dups, ARGV[a + 3])
-  elseif stream ~= '' then
-    local model, seq, enq = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-    local mark = 'in'
-    if seq >= 0 then
-      local last = redis.call('HGET', order, model)
-      local sep = last and string.find(last, ':', 1, true)
-      if sep and seq < tonumber(string.sub(last, 1, sep - 1))
-          and enq < tonumber(string.sub(last, sep + 1)) then
-        mark = 'late'
-      else
-        redis.call('HSET', order, model, ARGV[a + 1] .. ':' .. ARGV[a + 2])
+  else
+    redis.call('SET', KEYS[k + 4], ARGV[a + 6], 'EX', ttl)
+    redis.call('PUBLISH', KEYS[k + 4], ARGV[a + 6])
+    if stream ~= '' then
+      local model, seq, enq = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+      local mark = 'in'
+      if seq >= 0 then
+        local last = redis.call('HGET', order, model)
+        local sep = last and string.find(last, ':', 1, true)
+        if sep and seq < tonumber(string.sub(last, 1, sep - 1))
+            and enq < tonumber(string.sub(last, sep + 1)) then
+          mark = 'late'
+        else
+          redis.call('HSET', order, model, ARGV[a + 1] .. ':' .. ARGV[a + 2])
+        end
       end
+      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'job_id', ARGV[a + 3],
+                 'seq', ARGV[a + 1], 'status', ARGV[a + 4], 'order', mark,
+                 'result', ARGV[a + 5])
     end
-    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'job_id', ARGV[a + 3],
-               'seq', ARGV[a + 1], 'status', ARGV[a + 4], 'order', mark, 'result', ARGV[a + 5])
   end
+  redis.call('DEL', KEYS[k + 5])
 end
 return dups
 """
+
+
+def celery_result(result: Mapping[str, Any]) -> bytes:
+    """``result`` as Celery's Redis backend stores a task's success (the same fields, the
+    same serializer: ``result_serializer`` is msgpack in celeryconfig)."""
+    meta = {
+        "status": states.SUCCESS,
+        "result": result,
+        "traceback": None,
+        "children": [],
+        "date_done": datetime.now(UTC).isoformat(),
+        "task_id": result["job_id"],
+    }
+    return msgpack.packb(meta, use_bin_type=True)
 
 
 def drop_reason(result: Mapping[str, Any]) -> str | None:
@@ -142,10 +171,10 @@ def drop_reason(result: Mapping[str, Any]) -> str | None:
     return "superseded" if err.get("type") == "Superseded" else "expired"
 
 
-class StreamWriter:
-    """Writes each batch's results once per job_id: the camera streams (in ``seq``
-    order per model, late ones marked), the drop and duplicate counts; one round
-    trip per batch."""
+class ResultWriter:
+    """Writes each batch's results once per job_id: Celery's result keys, the camera
+    streams (in ``seq`` order per model, late ones marked), the drop and duplicate
+    counts, and deletes the claim-checked frames; one round trip per batch."""
 
     def __init__(self, client: redis.Redis, maxlen: int, ttl_s: int = 3600) -> None:
         self.client = client
@@ -169,6 +198,8 @@ class StreamWriter:
                 keys.result_done(r["job_id"]),
                 keys.result_stream(camera) if camera else "",
                 keys.result_order(camera) if camera else "",
+                keys.celery_result(r["job_id"]),
+                keys.frame_data(r["job_id"]),
             ]
             seq = r.get("seq")
             args += [
@@ -178,6 +209,7 @@ class StreamWriter:
                 r["job_id"],
                 r["status"],
                 json.dumps(r, separators=(",", ":")) if camera else "",
+                celery_result(r),
             ]
         if not script_keys:
             return set()
@@ -186,9 +218,10 @@ class StreamWriter:
         try:
             replies = pipe.execute()
         except redis.RedisError as exc:
-            # The result backend still holds every result; the stream is a convenience.
-            log.error("result_stream_write_failed", error=str(exc), results=len(models))
-            return set()
+            # Nothing is acked before its result is stored: the frames go back to
+            # their queues (ResultNotStored) and are answered once Redis is back.
+            log.error("result_write_failed", error=str(exc), results=len(models))
+            raise ResultNotStored(f"cannot write results to Redis: {exc}") from exc
         dups = {_text(j) for j in replies[0] or []}
         for job_id in dups:
             drops[(models[job_id], "duplicate")] += 1

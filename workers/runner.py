@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from framepool.errors import DeviceLost, GpuOutOfMemory, ModelError
+from framepool.errors import DeviceLost, GpuOutOfMemory, ModelError, ResultNotStored
 from framepool.log import get_logger
 from framepool.schemas import Status
 from models.base import Model
@@ -257,7 +257,9 @@ class ModelRunner:
                 self._complete(self._run_alone(job), ran=1)
 
     def _complete(self, done: Done, ran: int) -> None:
-        """Count ``done``, hand each result to its task thread, then write them out."""
+        """Count ``done``, write the results out (one round trip), then hand each to its
+        task thread, which returns and acks: never an ack before the result is stored.
+        When the write fails, the task threads get ``ResultNotStored`` (requeue)."""
         if not done:
             return
         results = [r for _, r in done]
@@ -265,13 +267,21 @@ class ModelRunner:
         if self.health is not None and ran:
             errors = sum(1 for r in results if r["status"] == Status.error.value)
             self.health.record(ok=ran - errors, errors=errors)
-        # Release the task threads first: the stream write is a Redis round trip
-        # they need not wait for (the result backend gets each result from its task).
+        failed: BaseException | None = None
+        try:
+            self.finish([(job.record, result) for job, result in done])
+        except ResultNotStored as exc:
+            failed = exc
+        except Exception as exc:  # a bug in writing must not leave the tasks waiting
+            log.exception("result_write_error", model_id=self.model.id)
+            failed = ResultNotStored(f"{type(exc).__name__}: {exc}")
         for job, result in done:
-            job.future.set_result(result)
+            if failed is None:
+                job.future.set_result(result)
+            else:
+                job.future.set_exception(failed)
         with self._lock:
             self.in_flight -= len(done)
-        self.finish([(job.record, result) for job, result in done])
 
     def _drop_superseded(self, batch: Batch[FrameJob]) -> Done:
         """Latest-frame-wins: answer superseded frames ``expired`` instead of running them."""

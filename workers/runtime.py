@@ -15,7 +15,14 @@ from typing import Any
 import redis
 
 from framepool import codec, deadletters, keys
-from framepool.errors import BadFrame, BadInput, DeviceLost, WorkerStopping
+from framepool.errors import (
+    BadFrame,
+    BadInput,
+    BrokerUnavailable,
+    DeviceLost,
+    FrameMissing,
+    WorkerStopping,
+)
 from framepool.log import bind_frame, get_logger
 from framepool.nvml import GpuSampler
 from framepool.schemas import FrameMeta, Status
@@ -25,7 +32,7 @@ from workers.gpu_manager import GPUManager
 from workers.lifecycle import ModelState
 from workers.loading import ModelSlot, load_models
 from workers.profiling import BatchProfiler
-from workers.results import FrameRecord, Origin, StreamWriter, build_result
+from workers.results import FrameRecord, Origin, ResultWriter, build_result
 from workers.runner import FrameJob, ModelRunner
 from workers.snapshot import build_snapshot
 
@@ -37,8 +44,11 @@ _META_KEYS = ("model_id", "enqueued_at", "format", "width", "height")
 def _check_message(frame: Any, meta: Any) -> FrameMeta:
     if not isinstance(meta, dict) or any(k not in meta for k in _META_KEYS):
         raise BadInput(f"malformed frame message: meta must hold {', '.join(_META_KEYS)}")
-    if not isinstance(frame, bytes):
-        raise BadInput(f"malformed frame message: frame is {type(frame).__name__}, not bytes")
+    if frame is not None and not isinstance(frame, bytes):
+        raise BadInput(
+            f"malformed frame message: frame is {type(frame).__name__}, not bytes "
+            "(or None: claim-checked under framepool:frame:<job_id>)"
+        )
     return meta  # type: ignore[return-value]
 
 
@@ -62,7 +72,7 @@ class WorkerRuntime:
         self.client = client
         self.gpu = gpu or GPUManager(False, settings.gpu_memory_reserve_mb, True)
         self.sampler = sampler
-        self.streams = StreamWriter(
+        self.results = ResultWriter(
             client, settings.result_stream_maxlen, settings.result_ttl_seconds
         )
         self.callbacks = CallbackDispatcher(settings)
@@ -221,8 +231,6 @@ class WorkerRuntime:
             }
             return self._finish_early(FrameRecord(job_id, cid, bad), self.origin, Status.error, exc)
         rec = FrameRecord(job_id, cid, meta)
-        if redelivered:
-            rec.redelivered, rec.frame = True, frame
         rec.timings["queue"] = max(0.0, (started - meta["enqueued_at"]) * 1000.0)
         runner = self.runners.get(meta["model_id"])
         if runner is None:
@@ -238,6 +246,14 @@ class WorkerRuntime:
                 ("DeadlineExceeded", "deadline passed before the worker received the frame"),
                 runner,
             )
+        if frame is None:
+            try:  # BrokerUnavailable (Redis away) hands the message back
+                frame = self._claim(job_id)
+            except FrameMissing as exc:
+                log.warning("frame_missing", error=str(exc))
+                return self._finish_early(rec, runner.origin, Status.error, exc, runner)
+        if redelivered:
+            rec.redelivered, rec.frame = True, frame
         runner.stats.record_frame_size(len(frame))
         s = self.settings
         t0 = time.perf_counter()
@@ -262,6 +278,19 @@ class WorkerRuntime:
         rec.timings["preprocess"] = (t2 - t1) * 1000.0
         job = FrameJob(rec, x, (meta["width"], meta["height"]))
         return runner.submit(job).result()
+
+    def _claim(self, job_id: str) -> bytes:
+        """A claim-checked frame's bytes (deleted later, with its result)."""
+        try:
+            data = self.client.get(keys.frame_data(job_id))
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"cannot read the frame from Redis: {exc}") from exc
+        if data is None:
+            raise FrameMissing(
+                f"the frame's bytes are gone from Redis ({keys.frame_data(job_id)}): it waited "
+                f"longer than FRAME_TTL_SECONDS={self.settings.frame_ttl_seconds}, or was deleted"
+            )
+        return bytes(data)
 
     def _superseded(self, jobs: list[FrameJob]) -> set[str]:
         """Job ids among ``jobs`` whose camera has a newer frame queued (latest-frame-wins)."""
@@ -361,13 +390,11 @@ class WorkerRuntime:
         return result
 
     def _deliver(self, done: list[tuple[FrameRecord, dict[str, Any]]]) -> None:
-        """After the task threads have their results: the camera streams, then webhooks,
-        each once per job_id (a frame executed twice is written and called back once)."""
-        try:
-            dups = self.streams.write([result for _, result in done])
-        except Exception:  # a bug here must not cost the webhooks too
-            log.exception("result_stream_write_error")
-            dups = set()
+        """Write the results (Celery's result keys, the camera streams), then the webhooks,
+        each once per job_id (a frame executed twice is written and called back once).
+        Runs before the tasks return, so no frame is acked before its result is stored;
+        raises ``ResultNotStored`` when Redis is away."""
+        dups = self.results.write([result for _, result in done])
         self.callbacks.dispatch([d for d in done if d[0].job_id not in dups] if dups else done)
 
 

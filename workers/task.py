@@ -8,7 +8,7 @@ from celery import Celery, Task
 from celery.exceptions import Reject
 
 from framepool import keys
-from framepool.errors import DeviceLost, WorkerStopping
+from framepool.errors import BrokerUnavailable, DeviceLost, ResultNotStored, WorkerStopping
 from workers.runtime import WorkerRuntime
 
 
@@ -18,11 +18,14 @@ def register_infer_task(app: Celery, runtime: WorkerRuntime) -> Task:
         bind=True,
         acks_late=True,
         reject_on_worker_lost=True,
-        ignore_result=False,
+        # the runtime writes each result itself, in Celery's format, with its batch
+        # (one round trip per batch, before the ack); Celery stores only a task crash
+        ignore_result=True,
+        store_errors_even_if_ignored=True,
         # the task-succeeded event carries repr(result); Flower needs a glimpse, not all of it
         resultrepr_maxsize=96,
     )
-    def infer(self: Task, frame: bytes, meta: dict[str, Any]) -> dict[str, Any]:
+    def infer(self: Task, frame: bytes | None, meta: dict[str, Any]) -> dict[str, Any]:
         request = self.request
         # The producer sets the correlation id as both the message header and the
         # AMQP-style property Celery exposes; a foreign producer's frames fall back
@@ -42,8 +45,9 @@ def register_infer_task(app: Celery, runtime: WorkerRuntime) -> Task:
             # The GPU is gone: no result, no ack. The message goes back to the
             # queue for a healthy worker while this process shuts down.
             raise Reject(str(exc), requeue=True) from exc
-        except WorkerStopping as exc:
-            # The worker is draining and had not started this frame: hand it back now.
+        except (WorkerStopping, ResultNotStored, BrokerUnavailable) as exc:
+            # The worker is draining and had not started this frame, or Redis is away (its
+            # bytes could not be read, or its result written): hand it back for later.
             raise Reject(str(exc), requeue=True) from exc
 
     return infer

@@ -21,7 +21,7 @@ from framepool.settings import LivePolicy, Settings
 from producer import FrameProducer
 from producer.results import CameraResults
 from tests.faults import FIXTURE_ZOO, OK, SLOW, cmd_frame, wait_for
-from workers.results import StreamWriter
+from workers.results import ResultWriter
 
 
 @pytest.fixture()
@@ -101,7 +101,7 @@ def _result(model: str, seq: int | None, enqueued_at: float, job: str) -> dict[s
 
 def test_a_camera_stream_marks_late_results_instead_of_reordering(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
-    writer = StreamWriter(client, maxlen=1000)
+    writer = ResultWriter(client, maxlen=1000)
     t = time.time()
     writer.write([_result("det", 1, t + 1, "a"), _result("det", 3, t + 3, "c")])
     writer.write([_result("det", 2, t + 2, "b")])  # enqueued before seq 3, delivered after it
@@ -130,7 +130,7 @@ def test_a_camera_stream_marks_late_results_instead_of_reordering(redis_url: str
 
 def test_follow_yields_results_written_after_it_started(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
-    writer = StreamWriter(client, maxlen=1000)
+    writer = ResultWriter(client, maxlen=1000)
     writer.write([_result("det", 1, time.time(), "before")])
     reader = CameraResults(client, "cam-order")
     reader.recent(0)  # start after what is there now

@@ -108,6 +108,8 @@ def test_500_frames_from_4_cameras_each_get_their_own_result(
                 break
             time.sleep(0.05)
         assert on_stream == expected
+    # the claim-checked frames' bytes went with their results: nothing left behind
+    assert client.keys(keys.frame_data("*")) == []
 
     # the worker's JSON log lines for each frame carry its correlation id
     worker.stop()

@@ -24,7 +24,11 @@ def queued(url: str, model_id: str = MODEL) -> list[dict]:
     return [json.loads(m) for m in reversed(raw)]  # LPUSH + BRPOP: oldest last
 
 
-def test_message_is_msgpack_with_raw_frame_bytes_and_correlation_header(settings: Settings) -> None:
+@pytest.mark.parametrize("claim_check", [True, False], ids=["claim-check", "inline"])
+def test_message_is_msgpack_with_raw_frame_bytes_and_correlation_header(
+    settings: Settings, claim_check: bool
+) -> None:
+    settings = settings.model_copy(update={"frame_claim_check": claim_check})
     data = jpeg(64, 48)
     with FrameProducer(settings) as p:
         h = p.submit(
@@ -41,7 +45,15 @@ def test_message_is_msgpack_with_raw_frame_bytes_and_correlation_header(settings
     )
     args, kwargs, _ = msgpack.unpackb(base64.b64decode(msg["body"]), raw=False)
     frame, meta = args
-    assert isinstance(frame, bytes) and frame == data  # msgpack bin, not base64 text
+    client = redis.Redis.from_url(settings.redis_url)
+    if claim_check:  # the bytes under their own key, not in the message
+        assert frame is None
+        assert client.get(keys.frame_data(h.job_id)) == data
+        assert 0 < client.ttl(keys.frame_data(h.job_id)) <= settings.frame_ttl_seconds
+        assert len(msg["body"]) < 1000
+    else:
+        assert isinstance(frame, bytes) and frame == data  # msgpack bin, not base64 text
+        assert not client.exists(keys.frame_data(h.job_id))
     assert meta["camera_id"] == "cam1" and meta["seq"] == 17
     assert (meta["width"], meta["height"], meta["format"]) == (64, 48, "jpeg")
     assert 0.49 < meta["deadline_at"] - meta["enqueued_at"] < 0.51
@@ -66,7 +78,8 @@ def test_arrays_are_encoded_as_jpeg_before_enqueue(settings: Settings) -> None:
     with FrameProducer(settings) as p:
         p.submit(MODEL, np.zeros((120, 160, 3), np.uint8))
     (msg,) = queued(settings.redis_url)
-    frame = msgpack.unpackb(base64.b64decode(msg["body"]), raw=False)[0][0]
+    job_id = msg["headers"]["id"]
+    frame = redis.Redis.from_url(settings.redis_url).get(keys.frame_data(job_id))
     assert codec.probe(frame, max_bytes=10**6, max_pixels=10**6).width == 160
 
 
@@ -128,8 +141,12 @@ def test_queue_full_rejects_exactly_the_excess(settings: Settings) -> None:
         with pytest.raises(QueueFull, match="MAX_QUEUE_DEPTH=5"):
             p.submit(MODEL, jpeg())
         assert handles[3].get().status == "rejected"
-    dropped = redis.Redis.from_url(s.redis_url).hget(keys.dropped_counter(MODEL), "queue_full")
+    client = redis.Redis.from_url(s.redis_url)
+    dropped = client.hget(keys.dropped_counter(MODEL), "queue_full")
     assert int(dropped) == 3
+    # claim-checked with the depth check, the refused frames' bytes are deleted again
+    stored = [h.job_id for h in handles if client.exists(keys.frame_data(h.job_id))]
+    assert stored == [h.job_id for h in handles[:2]]
 
 
 def test_queue_full_drop_policy_counts_and_returns_rejected_handles(settings: Settings) -> None:
