@@ -30,6 +30,7 @@ from framepool.errors import BadInput, BrokerUnavailable, QueueFull, ResultTimeo
 from framepool.manifest import discover
 from framepool.schemas import ErrorInfo, FrameMeta, InferenceResult, Status
 from framepool.settings import Settings, get_settings
+from producer.result_wait import ResultListener
 
 _SERVED_CACHE_SECONDS = 2.0
 
@@ -53,8 +54,10 @@ class FrameHandle:
         correlation_id: str,
         meta: Mapping[str, Any],
         refused: QueueFull | None = None,
+        listener: ResultListener | None = None,
     ) -> None:
         self._app = app
+        self._listener = listener
         self.job_id = job_id
         self.correlation_id = correlation_id
         self.model_id: str = meta["model_id"]
@@ -73,12 +76,20 @@ class FrameHandle:
         """Wait for the result; raises ``ResultTimeout`` when none comes in time."""
         if self.refused is not None:
             return self._local_result(Status.rejected, self.refused)
-        async_result = self._app.AsyncResult(self.job_id)
+        if self._listener is None:  # a handle made outside a producer: Celery's own wait
+            async_result = self._app.AsyncResult(self.job_id)
+            try:
+                value = async_result.get(timeout=timeout, propagate=False)
+            except CeleryTimeout as exc:
+                raise ResultTimeout(f"no result for job {self.job_id} within {timeout}s") from exc
+            return self.result_from(value)
         try:
-            value = async_result.get(timeout=timeout, propagate=False)
-        except CeleryTimeout as exc:
-            raise ResultTimeout(f"no result for job {self.job_id} within {timeout}s") from exc
-        return self.result_from(value)
+            raw = self._listener.wait(self.job_id, timeout)
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"Redis unreachable: {exc}") from exc
+        if raw is None:
+            raise ResultTimeout(f"no result for job {self.job_id} within {timeout}s")
+        return self.result_from(self._app.backend.decode_result(raw).get("result"))
 
     def result_from(self, value: Any) -> InferenceResult:
         """The ``InferenceResult`` for the task's stored return value."""
@@ -110,6 +121,10 @@ class FrameProducer:
         self.app = app or create_app(self.settings)
         self.redis = redis.Redis.from_url(
             self.settings.redis_url, socket_timeout=5, socket_connect_timeout=5
+        )
+        # its own connection pool: its pub/sub connection blocks in reads
+        self.results = ResultListener(
+            redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=5)
         )
         self._catalog = set(discover(self.settings.models_root)[0])
         self._served: set[str] = set()
@@ -169,6 +184,8 @@ class FrameProducer:
         return self._depths([model_id])[model_id]
 
     def close(self) -> None:
+        self.results.close()
+        self.results.client.close()
         self.redis.close()
         self.app.close()
 
@@ -281,7 +298,11 @@ class FrameProducer:
             if room[m] > 0:
                 room[m] -= 1
                 accepted.append(item)
-                handles.append(FrameHandle(self.app, item.job_id, item.correlation_id, item.meta))
+                handles.append(
+                    FrameHandle(
+                        self.app, item.job_id, item.correlation_id, item.meta, None, self.results
+                    )
+                )
             else:
                 refused[m] += 1
                 if claim:

@@ -127,7 +127,7 @@ class GatewayJobs:
         if state in states.READY_STATES:
             meta = record or {"model_id": "unknown"}
             cid = str(meta.get("correlation_id") or job_id)
-            handle = FrameHandle(self.producer.app, job_id, cid, meta)
+            handle = FrameHandle(self.producer.app, job_id, cid, meta, None, self.producer.results)
             return handle.get(timeout=_READ_RESULT_S).model_dump(mode="json")
         if record is None:
             raise ApiError(
