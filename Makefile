@@ -33,6 +33,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/framepool bench pipeline
+	$(BIN)/framepool bench sweep
+	$(BIN)/framepool bench peers
 
 # the long load tests (minutes), then their figures into docs/benchmarks.md
 load: $(STAMP)

@@ -23,7 +23,8 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType, TracebackType
@@ -71,6 +72,49 @@ def steady_rate(timestamps: Iterable[float], warmup_frac: float = 0.1) -> float:
 
 def ratio(value: float, baseline: float) -> float:
     return value / baseline if baseline else float("nan")
+
+
+def result_latencies(results: Sequence[Any]) -> dict[str, float]:
+    """p50/p99 (ms) of a run's ``InferenceResult``s, from the worker's stamps:
+    *e2e* is ``completed_at - enqueued_at``; *service* is e2e less the queue wait
+    (the worker receiving the frame to its result: batch wait, decode, inference,
+    ...); *added* is e2e less inference (what framepool adds to the model)."""
+    e2e = [(r.completed_at - r.enqueued_at) * 1000.0 for r in results]
+    service = [ms - r.timings_ms.queue for ms, r in zip(e2e, results, strict=True)]
+    added = [ms - r.timings_ms.inference for ms, r in zip(e2e, results, strict=True)]
+    out = {}
+    for name, values in (("e2e", e2e), ("service", service), ("added", added)):
+        out[f"{name}_p50_ms"] = round(percentile(values, 50), 3)
+        out[f"{name}_p99_ms"] = round(percentile(values, 99), 3)
+    return out
+
+
+# ------------------------------------------------------------------ load driver
+def closed_loop(
+    n: int,
+    submit: Callable[[int, int], list[Any]],
+    read: Callable[[Any], Any],
+    chunk: int = 32,
+) -> tuple[list[Any], float]:
+    """Keep between ``chunk`` and ``2 * chunk`` frames outstanding until ``n`` are read back.
+
+    ``submit(start, count)`` enqueues frames ``start..start+count-1`` and returns
+    their handles; ``read(handle)`` waits for one result. Returns the results in
+    submission order and the wall time from the first submit to the last read.
+    """
+    pending: deque[Any] = deque()
+    results: list[Any] = []
+    t0 = time.perf_counter()
+    first = min(2 * chunk, n)
+    pending.extend(submit(0, first))
+    sent = first
+    while pending:
+        results.append(read(pending.popleft()))
+        if len(pending) < chunk and sent < n:
+            count = min(chunk, n - sent)
+            pending.extend(submit(sent, count))
+            sent += count
+    return results, time.perf_counter() - t0
 
 
 # ----------------------------------------------------------------------- frames
@@ -343,6 +387,19 @@ def run_sandboxed(body: Callable[[Sandbox], None], *around: Any) -> int | None:
         print(f"benchmark failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     return None
+
+
+@contextlib.contextmanager
+def quiet_logs() -> Iterator[None]:
+    """framepool's and Celery's logging at WARNING in the benchmark process."""
+    import logging
+
+    from framepool.log import configure_logging
+    from framepool.settings import Settings
+
+    configure_logging(Settings(log_level="WARNING", log_format="console"))
+    logging.getLogger("celery").setLevel(logging.WARNING)
+    yield
 
 
 def save_report(

@@ -27,7 +27,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,8 +49,10 @@ from benchmarks.harness import (
     test_frames,
     update_doc_section,
 )
+from benchmarks.harness import closed_loop as _closed_loop
 from benchmarks.harness import machine_busy_s as _machine_busy
 from benchmarks.harness import proc_cpu_s as _proc_cpu
+from benchmarks.harness import quiet_logs as _quiet_logs
 from framepool import keys
 from framepool.errors import ResultTimeout
 from framepool.settings import Settings
@@ -77,6 +79,7 @@ RESULT_TIMEOUT = 120.0
 GOALS = {
     "a": ("ratio", ">=", 0.9),
     "b_solo": ("ratio", ">=", 1.5),
+    "b_two": ("ratio", ">=", 2.0),
     "c_p50": ("value", "<=", 5.0),
     "c_p99": ("value", "<=", 15.0),
 }
@@ -137,33 +140,6 @@ class Run:
             "cpu_ms_per_frame": self.cpu_ms_per_frame,
             **self.extra,
         }
-
-
-def _closed_loop(
-    n: int,
-    submit: Callable[[int, int], list[Any]],
-    read: Callable[[Any], Any],
-) -> tuple[list[Any], float]:
-    """Keep between CHUNK and 2*CHUNK frames outstanding until ``n`` are read back.
-
-    ``submit(start, count)`` enqueues frames ``start..start+count-1`` and returns
-    their handles; ``read(handle)`` waits for one result. Returns the results in
-    submission order and the wall time from the first submit to the last read.
-    """
-    pending: deque[Any] = deque()
-    results: list[Any] = []
-    sent = 0
-    t0 = time.perf_counter()
-    first = min(2 * CHUNK, n)
-    pending.extend(submit(0, first))
-    sent = first
-    while pending:
-        results.append(read(pending.popleft()))
-        if len(pending) < CHUNK and sent < n:
-            count = min(CHUNK, n - sent)
-            pending.extend(submit(sent, count))
-            sent += count
-    return results, time.perf_counter() - t0
 
 
 class FramepoolClient:
@@ -386,19 +362,21 @@ def _worker_env(sb: Sandbox, threads: int) -> dict[str, str]:
     }
 
 
-def start_framepool_worker(sb: Sandbox, model_id: str, threads: int) -> Child:
-    name = f"fp-{model_id}"
-    argv = [sys.executable, "-m", "framepool.cli", "worker", "--device", "cpu"]
+def start_framepool_worker(
+    sb: Sandbox, model_id: str, threads: int, device: str = "cpu", name: str | None = None
+) -> Child:
+    name = name or f"fp-{model_id}"
+    argv = [sys.executable, "-m", "framepool.cli", "worker", "--device", device]
     argv += ["--models", model_id, "--name", f"{name}@bench"]
     child = sb.spawn(name, argv, _worker_env(sb, threads))
     client = redis.Redis.from_url(sb.redis_url)
+
+    def ready() -> bool:  # this very worker consumes (another may serve the model already)
+        beat = client.get(keys.worker_heartbeat(f"{name}@bench"))
+        return beat is not None and b'"state":"ready"' in beat
+
     try:
-        sb.wait_until(
-            lambda: model_id.encode() in client.smembers(keys.SERVED_MODELS),
-            120,
-            f"worker {name} to serve {model_id}",
-            [child],
-        )
+        sb.wait_until(ready, 120, f"worker {name} to serve {model_id}", [child])
     finally:
         client.close()
     return child
@@ -420,7 +398,9 @@ def _warm(closed: Any, frames: int) -> None:
 
 
 # ------------------------------------------------------------------ tight loop
-def tight_loop(settings: Settings, jpegs: Sequence[bytes], n: int, threads: int) -> Run:
+def tight_loop(
+    settings: Settings, jpegs: Sequence[bytes], n: int, threads: int, device: str = "cpu"
+) -> Run:
     """resnet18's decode + preprocess + forward + postprocess in one process, batch BATCH.
 
     Threads as in the worker: the model is loaded and warmed up in the main
@@ -433,12 +413,12 @@ def tight_loop(settings: Settings, jpegs: Sequence[bytes], n: int, threads: int)
     import torch
 
     torch.set_num_threads(threads)  # the worker gets OMP_NUM_THREADS=threads
-    _loop_model(settings)  # load + warm up here, in the main thread
+    _loop_model(settings, device)  # load + warm up here, in the main thread
     box: list[Run | BaseException] = []
 
     def target() -> None:
         try:
-            box.append(_tight_loop(settings, jpegs, n, threads))
+            box.append(_tight_loop(settings, jpegs, n, threads, device))
         except BaseException as exc:  # re-raised in the caller
             box.append(exc)
 
@@ -453,13 +433,15 @@ def tight_loop(settings: Settings, jpegs: Sequence[bytes], n: int, threads: int)
     return box[0]
 
 
-def _tight_loop(settings: Settings, jpegs: Sequence[bytes], n: int, threads: int) -> Run:
+def _tight_loop(
+    settings: Settings, jpegs: Sequence[bytes], n: int, threads: int, device: str = "cpu"
+) -> Run:
     import numpy as np
     import torch
 
     from framepool.codec import decode
 
-    model = _loop_model(settings)
+    model = _loop_model(settings, device)
     min_size = model.manifest.input_size
     k = len(jpegs)
 
@@ -494,14 +476,15 @@ def _tight_loop(settings: Settings, jpegs: Sequence[bytes], n: int, threads: int
 _MODEL_CACHE: dict[str, Any] = {}
 
 
-def _loop_model(settings: Settings) -> Any:
+def _loop_model(settings: Settings, device: str = "cpu") -> Any:
     from models.registry import load_model
 
-    if "resnet18" not in _MODEL_CACHE:
-        model = load_model(settings.models_root, "resnet18", "cpu")
+    key = f"resnet18@{device}"
+    if key not in _MODEL_CACHE:
+        model = load_model(settings.models_root, "resnet18", device)
         model.warmup(batch_size=1)  # as the worker does, in the loading thread
-        _MODEL_CACHE["resnet18"] = model
-    return _MODEL_CACHE["resnet18"]
+        _MODEL_CACHE[key] = model
+    return _MODEL_CACHE[key]
 
 
 # ------------------------------------------------------------------ scenarios
@@ -590,6 +573,7 @@ def scenario_noop(
     plain_thr = PlainClient(sb.redis_url, jpegs, "bench.plain.threads")
     out: dict[str, list[Any]] = {
         "framepool": [],
+        "framepool_2": [],
         "plain_solo": [],
         "plain_threads": [],
         "plain_latency": [],
@@ -608,6 +592,17 @@ def scenario_noop(
                 run = c.closed_loop(frames, CpuMeter({"worker": w.pid, "redis": sb.redis.proc.pid}))
                 out[key].append(run)
                 _log(f"(b) repeat {r + 1}: {key} {run.steady_fps:.1f} frames/s")
+        # the same framepool closed loop with a second worker process on the queue
+        fp_worker2 = start_framepool_worker(sb, "noop", threads, name="fp-noop-2")
+        _warm(fp, 2 * CHUNK)
+        for r in range(repeats):
+            pids = {"worker": fp_worker.pid, "worker2": fp_worker2.pid, "redis": sb.redis.proc.pid}
+            run = fp.closed_loop(frames, CpuMeter(pids))
+            out["framepool_2"].append(run)
+            _log(
+                f"(b2) repeat {r + 1}: framepool, 2 worker processes {run.steady_fps:.1f} frames/s"
+            )
+        sb.stop(fp_worker2)
         for r in range(repeats):
             x = plain_solo.open_loop(latency_frames, LATENCY_FPS)
             out["plain_latency"].append(x)
@@ -672,6 +667,14 @@ def build_figures(res: dict[str, Any], noop: dict[str, Any]) -> dict[str, dict[s
             [r.steady_fps for r in noop["framepool"]],
             [r.steady_fps for r in noop["plain_solo"]],
             GOALS["b_solo"],
+            baseline="plain Celery task, full-size decode, -P solo",
+        ),
+        "b_two": _fig(
+            "(b2) noop with 2 worker processes vs plain Celery -P solo (one process)",
+            "frames/s",
+            [r.steady_fps for r in noop["framepool_2"]],
+            [r.steady_fps for r in noop["plain_solo"]],
+            GOALS["b_two"],
             baseline="plain Celery task, full-size decode, -P solo",
         ),
         "b_threads": _fig(
@@ -767,14 +770,19 @@ def latest_block(report: dict[str, Any]) -> str:
     for key, label in (
         ("a_e2e", "(a) resnet18 end to end"),
         ("b_framepool", "(b) framepool noop"),
+        ("b_framepool_2", "(b2) framepool noop, 2 worker processes (worker: both)"),
         ("b_plain_solo", "(b) plain Celery -P solo"),
         ("b_plain_threads", "(b) plain Celery -P threads"),
         ("c_latency", f"(c) {report['config']['latency_model']} at 10 fps"),
     ):
-        runs = res[key]
+        runs = res.get(key)
+        if not runs:  # a run from before this figure existed
+            continue
         per = {
             k: median(r["cpu_ms_per_frame"][k] for r in runs) for k in runs[0]["cpu_ms_per_frame"]
         }
+        if "worker2" in per:
+            per["worker"] += per.pop("worker2")
         cells = [f"{per.get(k, float('nan')):.2f}" for k in ("worker", "redis", "producer")]
         cpu_lines.append(f"| {label} | " + " | ".join(cells) + f" | {per['others_cpus']:.2f} |")
     loop = res["a_loop"]
@@ -849,6 +857,7 @@ def history_row(report: dict[str, Any]) -> str:
         f"| {report['date']} | `{report['command']}` | {m['nproc']}x {m['cpu']} | "
         f"py {v['python']}, torch {v['torch']}, celery {v['celery']}, kombu {v['kombu']} | "
         f"{cell('a')} | {cell('b_solo')} | {cell('b_threads')} | "
+        f"{cell('b_two') if 'b_two' in f else '-'} | "
         f"{cell('c_p50')} / {cell('c_p99')} | {report['runtime_s']:.0f} s |"
     )
 
@@ -856,7 +865,8 @@ def history_row(report: dict[str, Any]) -> str:
 HISTORY_HEADER = (
     "| date | command | machine | versions | (a) resnet18 e2e / loop, frames/s | "
     "(b) noop / plain solo, frames/s | (b') noop / plain threads, frames/s | "
-    "(c) added p50 / p99 | run time |\n|---|---|---|---|---|---|---|---|---|"
+    "(b2) noop 2 processes / plain solo | (c) added p50 / p99 | run time |\n"
+    "|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -870,17 +880,6 @@ def update_docs(report: dict[str, Any], path: Path = DOCS) -> None:
 
 
 # ------------------------------------------------------------------ entry point
-@contextlib.contextmanager
-def _quiet_logs() -> Iterator[None]:
-    import logging
-
-    from framepool.log import configure_logging
-
-    configure_logging(Settings(log_level="WARNING", log_format="console"))
-    logging.getLogger("celery").setLevel(logging.WARNING)
-    yield
-
-
 def main(frames: int, repeats: int, out: Path, started: float) -> int:
     command = f"framepool bench pipeline --frames {frames} --repeats {repeats}"
     latency_frames = max(10, min(LATENCY_MAX_FRAMES, frames // 2))
@@ -935,6 +934,7 @@ def main(frames: int, repeats: int, out: Path, started: float) -> int:
             "b_framepool": [r.as_dict() for r in noop["framepool"]],
             "b_plain_solo": [r.as_dict() for r in noop["plain_solo"]],
             "b_plain_threads": [r.as_dict() for r in noop["plain_threads"]],
+            "b_framepool_2": [r.as_dict() for r in noop["framepool_2"]],
             "c_plain_latency": noop["plain_latency"],
         },
         "runtime_s": round(runtime, 1),

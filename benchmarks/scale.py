@@ -31,6 +31,7 @@ from benchmarks.harness import (
     Sandbox,
     machine_info,
     median,
+    result_latencies,
     run_sandboxed,
     save_report,
     steady_rate,
@@ -68,7 +69,7 @@ def torch_threads(spec: str, workers: int, device: str, cpus: int) -> int | None
 
 
 def start_workers(
-    sb: Sandbox, gpus: str, n: int, model: str, threads: str
+    sb: Sandbox, gpus: str, n: int, model: str, threads: str, batch: int = BATCH
 ) -> tuple[list[Child], list[str], int | None]:
     specs = plan_workers(gpus, n, [model], "bench").specs
     per = torch_threads(threads, len(specs), specs[0].device, os.cpu_count() or 1)
@@ -76,7 +77,7 @@ def start_workers(
     for spec in specs:
         env = {
             "REDIS_URL": sb.redis_url,
-            "MAX_BATCH_SIZE": str(BATCH),
+            "MAX_BATCH_SIZE": str(batch),
             "LOG_FORMAT": "json",
             "LOG_LEVEL": "WARNING",
             "HEARTBEAT_INTERVAL_SECONDS": "1",
@@ -135,6 +136,7 @@ def measure(
                     "steady_fps": round(fps, 2),
                     "mean_batch_size": round(sum(x.batch_size for x in results) / len(results), 2),
                     "share": {w: share.get(w, 0) for w in names},
+                    **result_latencies(results),
                 }
             )
             _log(f"{len(names)} worker(s), repeat {r + 1}: {fps:.1f} frames/s")

@@ -28,6 +28,42 @@ def bench_pipeline(frames: int, repeats: int, out: str) -> None:
     sys.exit(run(frames=frames, repeats=repeats, out=Path(out), started=started))
 
 
+@bench.command(name="peers")
+@click.option("--frames", default=400, show_default=True, type=click.IntRange(16),
+              help="frames per closed-loop run")  # fmt: skip
+@click.option("--latency-frames", type=click.IntRange(16),
+              help="frames per open-loop run [frames / 2]")  # fmt: skip
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1))
+@click.option("--load", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="open-loop rate as a fraction of the tight loop's")  # fmt: skip
+@click.option("--cameras", default=4, show_default=True, type=click.IntRange(1))
+@click.option("--peers", "peers_", default="ray,triton", show_default=True,
+              help="peers to compare, comma-separated (ray, triton), or none")  # fmt: skip
+@click.option("--out", default="benchmarks/results/peers.json", show_default=True)
+@click.option("--no-docs", is_flag=True, help="leave docs/benchmarks.md alone (a trial run)")
+def bench_peers(
+    frames: int,
+    latency_frames: int | None,
+    repeats: int,
+    load: float,
+    cameras: int,
+    peers_: str,
+    out: str,
+    no_docs: bool,
+) -> None:
+    """framepool against calling the model directly, Ray Serve and Triton (issue 7)."""
+    started = time.time()
+    chosen = [] if peers_.strip() == "none" else split_list(peers_)
+    if any(p not in ("ray", "triton") for p in chosen):
+        fail(f"--peers takes ray, triton (comma-separated) or none; got {peers_!r}")
+    from benchmarks.peers import main as run
+
+    sys.exit(run(frames=frames, repeats=repeats, out=Path(out), started=started,
+                 latency_frames=latency_frames, load=load, cameras=cameras,
+                 peers=tuple(p for p in ("ray", "triton") if p in chosen),
+                 docs=not no_docs))  # fmt: skip
+
+
 @bench.command(name="monitor")
 @click.option("--duration", default=30.0, show_default=True, type=click.FloatRange(5),
               help="seconds per CPU window")  # fmt: skip
@@ -103,3 +139,40 @@ def bench_scale(
 
     sys.exit(run(model=model_id, counts=numbers, frames=frames, repeats=repeats, gpus=gpus,
                  threads=threads, out=Path(out), docs=not no_docs, started=started))  # fmt: skip
+
+
+@bench.command(name="sweep")
+@click.option("--axes", default="cameras,frame_size,workers,batch_cap,redis_memory",
+              show_default=True, help="comma-separated axes to measure")  # fmt: skip
+@click.option("--quick", is_flag=True, help="fewer points, one repeat, short windows (~3 min)")
+@click.option("--repeats", type=click.IntRange(1), help="repeats per point [2; 1 with --quick]")
+@click.option("--load", type=click.FloatRange(0, 2, min_open=True),
+              help="cameras: total offered load as a fraction of capacity [0.5]")  # fmt: skip
+@click.option("--camera-fps", type=click.FloatRange(0, min_open=True),
+              help="cameras: a fixed rate per camera instead of --load")  # fmt: skip
+@click.option("--out", default="benchmarks/results/sweep.json", show_default=True)
+@click.option("--no-docs", is_flag=True,
+              help="leave docs/ alone (plots go beside --out): a trial run")  # fmt: skip
+def bench_sweep(
+    axes: str,
+    quick: bool,
+    repeats: int | None,
+    load: float | None,
+    camera_fps: float | None,
+    out: str,
+    no_docs: bool,
+) -> None:
+    """Where the cost grows: cameras, frame size, workers, batch cap, Redis memory."""
+    started = time.time()
+    from benchmarks.sweep import AXES, main, make_plan
+
+    chosen = split_list(axes)
+    unknown = [a for a in chosen if a not in AXES]
+    if not chosen or unknown:
+        fail(f"--axes takes some of {', '.join(AXES)}; got {axes!r}")
+    if load is not None and camera_fps is not None:
+        fail("--load and --camera-fps both set the cameras' rate: give one")
+    plan = make_plan(quick, repeats, load, camera_fps)
+    ordered = [a for a in AXES if a in chosen]
+    sys.exit(main(axes=ordered, plan=plan, quick=quick, out=Path(out), docs=not no_docs,
+                  started=started))  # fmt: skip

@@ -110,3 +110,28 @@ def test_update_docs_appends_history_rows(tmp_path: Path, monkeypatch: pytest.Mo
     assert text.count("| 2030-01-01 00:00 UTC |") == 2  # one history row per run
     assert text.count("| date |") == 1
     assert "1.0 / 2.0 = 0.500x" in text
+
+
+def test_two_worker_figure_is_a_ratio_against_one_plain_process() -> None:
+    def run(fps: float) -> pipeline.Run:
+        return pipeline.Run(frames=100, steady_fps=fps, wall_fps=fps, cpu_ms_per_frame={})
+
+    lat = {"added_p50_ms": 4.0, "added_p99_ms": 9.0, "e2e_p50_ms": 6.0, "e2e_p99_ms": 12.0}
+    lat["inference_p50_ms"] = 2.0
+    res = {"e2e": [run(30)], "loop": [run(33)], "latency": [lat], "model": "m"}
+    noop = {
+        "framepool": [run(250), run(260), run(255)],
+        "framepool_2": [run(330), run(350), run(340)],
+        "plain_solo": [run(170), run(160), run(165)],
+        "plain_threads": [run(168), run(168), run(168)],
+        "plain_latency": [lat],
+    }
+    figs = pipeline.build_figures(res, noop)
+    two = figs["b_two"]
+    assert two["median"] == 340 and two["baseline_median"] == 165
+    assert two["ratio"] == pytest.approx(340 / 165, rel=1e-3) and two["met"] is True
+    assert figs["b_solo"]["ratio"] == pytest.approx(255 / 165, rel=1e-3)
+    assert figs["b_solo"]["met"] is True  # 1.545 >= 1.5
+    row = pipeline.history_row({**_report(), "figures": {**_report()["figures"], "b_two": two}})
+    assert "340.0 / 165.0 = 2.061x" in row
+    assert row.count("|") == pipeline.HISTORY_HEADER.splitlines()[0].count("|")

@@ -1,0 +1,263 @@
+"""Ray Serve as a peer of framepool in ``framepool bench peers``.
+
+A private single-node Ray cluster is started as a sandbox child (``ray start
+--head --block``: 127.0.0.1, free ports, ``--num-cpus 2``, no dashboard, usage
+stats off, its temp dir inside the sandbox), so it is stopped with the
+sandbox's other children whatever happens. The benchmark process joins it as a
+driver and deploys one application: a deployment whose ``infer`` method is
+decorated with ``@serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)``
+and calls :class:`~benchmarks.peers_model.Resnet18Service` directly in that
+method (not in a thread: the forward pass blocks the replica's event loop, as
+in Ray's own batching examples). It is driven two ways:
+
+- *handle*: ``DeploymentHandle.infer.remote(jpeg)`` from the driver, results
+  read with ``DeploymentResponse.result``;
+- *HTTP*: ``POST /resnet18`` with the JPEG as the body through Ray Serve's
+  HTTP proxy, from one ``httpx.AsyncClient``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from benchmarks.harness import BenchError, Child, Sandbox
+from benchmarks.peers_clients import AsyncBridge, Reply, kill_session
+from benchmarks.peers_model import MODEL_ID
+from framepool.redis_server import free_port
+
+APP = "framepool-peers"
+ROUTE = f"/{MODEL_ID}"
+BATCH_WAIT_S = 0.005
+#: no telemetry, nothing fetched, 127.0.0.1 only: Ray must not reach the network. On
+#: Linux, Ray turns ``--node-ip-address=127.0.0.1`` into the host's routable address
+#: (found by "connecting" a UDP socket to 8.8.8.8) unless multi-node clusters are off,
+#: as they are by default on macOS and Windows: then every node address is 127.0.0.1.
+RAY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_USAGE_STATS_PROMPT_ENABLED": "0",
+    "RAY_DISABLE_DOCKER_CPU_WARNING": "1",
+    "RAY_SERVE_ENABLE_TASK_EVENTS": "0",
+}
+
+
+def _use_ray_env() -> None:
+    """RAY_ENV into this process's environment: before ``ray`` is first imported, since
+    it reads some of them at import time (the driver must agree with the head)."""
+    os.environ.update(RAY_ENV)
+
+
+def missing() -> str | None:
+    """Why Ray Serve cannot be used here, or None."""
+    _use_ray_env()
+    try:
+        import ray  # noqa: F401
+        from ray import serve  # noqa: F401
+    except ImportError:
+        return "not installed (pip install -e '.[bench]')"
+    return None
+
+
+def _version() -> str:
+    import ray
+
+    return str(ray.__version__)
+
+
+def loopback_replica_grpc() -> None:
+    """In a replica: bind Serve's inter-deployment gRPC server to 127.0.0.1.
+
+    Ray Serve 2.60 opens it on ``[::]:0`` (every interface) in
+    ``Replica._on_initialized``, which runs after the deployment's ``__init__``,
+    and has no setting for it; on a one-node 127.0.0.1 cluster nothing needs more
+    than loopback. A no-op where Ray's internals differ.
+    """
+    try:
+        from ray.serve._private import replica
+    except ImportError:
+        return
+    original = getattr(replica, "add_port_to_grpc_server", None)
+    if original is None or getattr(original, "loopback_only", False):
+        return
+
+    def loopback(server: Any, address: str) -> Any:
+        host, _, port = address.rpartition(":")
+        if host in ("[::]", "0.0.0.0", ""):
+            address = f"127.0.0.1:{port}"
+        return original(server, address)
+
+    loopback.loopback_only = True  # type: ignore[attr-defined]
+    replica.add_port_to_grpc_server = loopback
+
+
+def build_app(models_root: str, device: str, threads: int, max_batch: int, max_ongoing: int) -> Any:
+    """The Serve application (bound, not yet running)."""
+    from ray import serve
+
+    gpus = 1 if device.startswith("cuda") else 0
+
+    @serve.deployment(
+        name="Resnet18",
+        num_replicas=1,
+        max_ongoing_requests=max_ongoing,  # >= the batch cap, or batches never fill
+        ray_actor_options={
+            "num_cpus": 1,
+            "num_gpus": gpus,
+            "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(threads)}},
+        },
+    )
+    class Resnet18:
+        def __init__(self) -> None:
+            from benchmarks.peers_model import Resnet18Service
+
+            loopback_replica_grpc()
+
+            self.service = Resnet18Service(models_root, "cuda:0" if gpus else "cpu", threads)
+
+        @serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=BATCH_WAIT_S)
+        async def infer(self, frames: list[bytes]) -> list[dict[str, Any]]:
+            return self.service(frames)
+
+        async def __call__(self, request: Any) -> dict[str, Any]:
+            return await self.infer(await request.body())
+
+    return Resnet18.bind()  # type: ignore[attr-defined]
+
+
+class RayServe:
+    """The cluster, the application and its two clients' plumbing."""
+
+    def __init__(self, sb: Sandbox, models_root: str, device: str, threads: int, max_batch: int,
+                 max_ongoing: int) -> None:  # fmt: skip
+        import logging
+
+        _use_ray_env()  # the driver (this process) reads them too
+        self.version = _version()
+        self.gcs_port = free_port()
+        self.http_port = free_port()
+        self.sb = sb
+        self.head = self._start_head(sb)
+        try:
+            import ray
+            from ray import serve
+
+            for name in ("ray", "ray.serve"):  # Serve's INFO lines would interleave with ours
+                logging.getLogger(name).setLevel(logging.WARNING)
+            sb.wait_until(lambda: _listening(self.gcs_port), 120, "Ray's GCS", [self.head])
+            ray.init(
+                address=f"127.0.0.1:{self.gcs_port}",
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+            serve.start(http_options={"host": "127.0.0.1", "port": self.http_port})
+            app = build_app(models_root, device, threads, max_batch, max_ongoing)
+            self.handle = serve.run(app, name=APP, route_prefix=ROUTE, blocking=False)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start_head(self, sb: Sandbox) -> Child:
+        temp = sb.dir / "ray"
+        temp.mkdir(exist_ok=True)
+        ports = {
+            "--port": self.gcs_port,
+            "--ray-client-server-port": free_port(),
+            "--node-manager-port": free_port(),
+            "--object-manager-port": free_port(),
+            "--metrics-export-port": free_port(),
+            "--dashboard-agent-listen-port": free_port(),
+            "--dashboard-agent-grpc-port": free_port(),
+            "--runtime-env-agent-port": free_port(),
+            "--dashboard-port": free_port(),  # a minimal head runs even without the dashboard
+        }
+        argv = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block"]
+        argv += ["--node-ip-address=127.0.0.1", "--num-cpus=2", "--include-dashboard=false"]
+        argv += ["--dashboard-host=127.0.0.1"]
+        argv += [f"--temp-dir={temp}", "--disable-usage-stats", "--log-style=record"]
+        argv += [f"{k}={v}" for k, v in ports.items()]
+        return sb.spawn("ray-head", argv, RAY_ENV)
+
+    def close(self) -> None:
+        """The driver's connection down, then the private cluster (Serve with it)."""
+        with contextlib.suppress(Exception):
+            import ray
+
+            ray.shutdown()
+        with contextlib.suppress(Exception):
+            self.sb.stop(self.head)
+        kill_session(self.head.pid)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+class RayHandleClient:
+    """Frames through the ``DeploymentHandle`` (the driver's own router)."""
+
+    name = "ray_handle"
+
+    def __init__(self, serve_: RayServe, jpegs: Sequence[bytes]) -> None:
+        self.handle = serve_.handle
+        self.jpegs = jpegs
+
+    def submit(self, indices: Sequence[int]) -> list[Any]:
+        k = len(self.jpegs)
+        return [self.handle.infer.remote(self.jpegs[i % k]) for i in indices]
+
+    def get(self, handle: Any, timeout: float) -> Reply | None:
+        try:
+            value = handle.result(timeout_s=timeout)
+        except TimeoutError:
+            return None
+        return Reply.from_dict(value)
+
+    def close(self) -> None:
+        pass
+
+
+class RayHttpClient:
+    """Frames ``POST``ed to Ray Serve's HTTP proxy (JPEG body, JSON reply)."""
+
+    name = "ray_http"
+
+    def __init__(self, serve_: RayServe, jpegs: Sequence[bytes], concurrency: int) -> None:
+        import httpx
+
+        self.url = f"http://127.0.0.1:{serve_.http_port}{ROUTE}"
+        self.jpegs = jpegs
+        self.bridge = AsyncBridge()
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+        async def make() -> Any:
+            return httpx.AsyncClient(limits=limits, timeout=120.0)
+
+        self.client = self.bridge.call(make())
+
+    async def _post(self, frame: bytes) -> dict[str, Any]:
+        resp = await self.client.post(self.url, content=frame)
+        if resp.status_code != 200:
+            raise BenchError(f"Ray Serve HTTP {resp.status_code}: {resp.text[:200]}")
+        return dict(resp.json())
+
+    def submit(self, indices: Sequence[int]) -> list[Any]:
+        k = len(self.jpegs)
+        return [self.bridge.submit(self._post(self.jpegs[i % k])) for i in indices]
+
+    def get(self, handle: Any, timeout: float) -> Reply | None:
+        value = self.bridge.result(handle, timeout)
+        return None if value is None else Reply.from_dict(value)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.bridge.call(self.client.aclose())
+        self.bridge.close()

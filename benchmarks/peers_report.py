@@ -1,0 +1,361 @@
+"""``framepool bench peers``: its figures, its text, and its section of docs/benchmarks.md.
+
+The section is added at the end of the file the first time (a description and
+two marked blocks); after that each run rewrites the *latest* block and appends
+a row to the *history* table. Nothing outside the markers is touched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import ROOT, median, ratio, update_doc_section
+
+DOCS = ROOT / "docs" / "benchmarks.md"
+BEGIN, END = "<!-- bench-peers:latest:begin -->", "<!-- bench-peers:latest:end -->"
+HIST_BEGIN, HIST_END = "<!-- bench-peers:history:begin -->", "<!-- bench-peers:history:end -->"
+
+ORDER = ("direct", "framepool", "ray_handle", "ray_http", "triton_grpc", "triton_http")
+LABELS = {
+    "direct": "direct call (tight loop / in-process model thread)",
+    "framepool": "framepool (worker process, FrameProducer)",
+    "ray_handle": "Ray Serve @serve.batch, DeploymentHandle",
+    "ray_http": "Ray Serve @serve.batch, HTTP",
+    "triton_grpc": "Triton (PyTriton), gRPC",
+    "triton_http": "Triton (PyTriton), HTTP",
+}
+PEER_SYSTEMS = {"ray": ("ray_handle", "ray_http"), "triton": ("triton_grpc", "triton_http")}
+
+INTRO = """
+## `framepool bench peers`
+
+```
+framepool bench peers --frames 400 --repeats 3      # ~9-10 min on 2 quiet cores
+framepool bench peers --frames 64 --repeats 1 --no-docs   # a smoke run, ~2 min
+```
+
+Issue #7: put the cameras behind framepool instead of calling the model
+directly, or instead of Ray Serve or Triton: what is gained or lost? One run
+on one machine measures all of them with the same model (`resnet18` from
+`models/`, on `cuda:0` when CUDA is available, else the CPU), the same torch
+threads, the same frames (16 distinct 640x480 synthetic-camera JPEGs, q90), the
+same batch cap (8, with a 5 ms wait for a batch to fill where the system has
+one) and the same work per frame: `framepool.codec.decode` (reduced DCT scale
+down to the model's input size), `model.preprocess`, one batched forward pass
+under `torch.inference_mode`, `model.postprocess`
+(`benchmarks/peers_model.py`, shared by the in-process model, Ray and Triton).
+
+- **direct** (the limit): closed loop, `benchmarks.pipeline.tight_loop`
+  (batches of 8 in one process, as in `bench pipeline` (a)); open loop, the
+  camera app calling the model itself: frames go into an in-process queue and
+  one model thread runs whatever is waiting, up to 8, without waiting for more.
+- **framepool**: `framepool worker --device cpu|cuda:0 --models resnet18`
+  (`MAX_BATCH_SIZE=8`, default `BATCH_TIMEOUT_MS` 5), frames in with
+  `FrameProducer.submit_many`, results read with `FrameHandle.get`.
+- **Ray Serve** (`ray[serve]`): a private one-node cluster (`ray start --head`
+  as a sandbox child: free ports, `--num-cpus 2`, no dashboard, usage stats
+  off, temp dir in the sandbox; everything on 127.0.0.1, which takes
+  `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, else Ray swaps 127.0.0.1 for the
+  host's routable address, and a rebind of the replica's inter-deployment gRPC
+  server, which Ray Serve 2.60 opens on `[::]:0` with no setting); one replica whose `infer` method is
+  decorated with `@serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)`
+  and calls the model directly in that method (not in a thread, which the
+  issue reports costs a third of Ray's throughput); `max_ongoing_requests=64`
+  so batches can fill. Driven through a `DeploymentHandle` (`.remote()`,
+  `.result()`) and over HTTP (`POST /resnet18`, the JPEG as the body, via
+  Serve's proxy, one `httpx.AsyncClient`).
+- **Triton** (`nvidia-pytriton`): a Python model bound with dynamic batching
+  (`max_batch_size=8`, `max_queue_delay_microseconds=5000`), the JPEG sent as a
+  BYTES input, decode + preprocess + forward + postprocess in the `@batch`
+  infer function of a sandbox child (`python -m benchmarks.peers_triton`).
+  Requests go tritonserver -> Python backend stub -> PyTriton's proxy
+  (ZeroMQ + shared memory) -> the infer function. Driven by PyTriton's
+  `AsyncioModelClient` over gRPC and over HTTP.
+
+For each system: **closed-loop throughput** (32-64 frames outstanding; frames/s
+from the servers' completion stamps after the first 10%, counting the frames
+completed after the first kept stamp, so batches of 8 sharing a stamp do not
+inflate it; the tight loop is frames / wall time) and **open-loop latency** at
+`--load` (50%) of the tight loop's rate (batches of 8) measured at the start
+of the run: `--latency-frames` frames from `--cameras` (4) cameras, each at a
+quarter of that rate from its own seeded random phase, sent on schedule
+whatever the replies do (no coordinated omission), p50/p99 from send to reply
+on the client. *Overhead* is that latency less the forward pass of the frame's
+batch; framepool's *added latency* is `bench pipeline` (c)'s (completed -
+enqueued - inference, from the worker's stamps). Half the batch-8 rate is more
+than half of what one frame at a time can do (a batch of 1 costs more per
+frame), so at this load the systems run small batches and queueing shows. Every figure is given as a
+ratio against *direct* measured in the same run. All systems are started once
+and stay up; per repeat the closed-loop runs, then the open-loop runs, each in
+an order rotated by one per repeat; medians of the repeats. CPU per frame
+(server processes, and the benchmark process as the client) comes from `/proc`;
+*idle* is what each system's servers burn while nothing is sent (they all stay
+up during the others' runs). Everything runs on 127.0.0.1 in a sandbox that is
+stopped at the end, on failure and on Ctrl-C. Results go to
+`benchmarks/results/peers.json` and the block below.
+
+The peers are optional (`pip install -e '.[bench]'`): without them the bench
+runs *direct* and *framepool* and reports each missing peer as
+`not installed (pip install -e '.[bench]')`; a peer that cannot run here is
+reported with the reason, and one that fails mid-run is dropped with its error.
+
+Running PyTriton here (Python 3.11 from pyenv, glibc 2.36, no GPU, no Docker):
+
+- `nvidia-pytriton` 0.7.0 requires `numpy<2`; `pip install -e '.[bench]'`
+  therefore installs numpy 1.26.4 in place of 2.x. With numpy 2 (the wheel
+  installed with `--no-deps`), the server starts but its Python backend stub
+  misreads every BYTES input (`deserialize_bytes_tensor` reads a length of
+  185273099 from a 15-byte tensor) and dies: "Stub process is not healthy".
+  The bench checks numpy's version and says so instead of running it.
+- The stub links `libpython3.11.so.1.0` by name; the loader found Debian's
+  3.11.2 in `/lib` while the stdlib on `sys.path` was pyenv's 3.11.7, and the
+  stub failed on `'_thread.RLock' object has no attribute '_recursion_count'`.
+  The bench puts the running interpreter's `LIBDIR` first on the child's
+  `LD_LIBRARY_PATH`.
+- tritonserver logs that CUDA is unavailable (no driver) and runs the Python
+  model on the CPU; it needs no GPU and no Docker.
+
+### Latest run (peers)
+
+{BEGIN}
+No run recorded yet: `framepool bench peers` rewrites this block.
+{END}
+
+### History (peers)
+
+{HIST_BEGIN}
+{HIST_HEADER}
+{HIST_END}
+"""
+
+HIST_HEADER = (
+    "| date | command | machine | versions | frames/s (x direct): direct, framepool, "
+    "Ray handle, Ray HTTP, Triton gRPC, Triton HTTP | p50 / p99 ms at the open-loop load, "
+    "same order | run time |\n|---|---|---|---|---|---|---|"
+)
+
+
+# ------------------------------------------------------------------ figures
+def build_figures(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Medians per system and their ratios against *direct* from the same run."""
+    closed = report["details"]["closed"]
+    opened = report["details"]["open"]
+    base_fps = _med(closed.get("direct"), "steady_fps")
+    base_p50 = _med(opened.get("direct"), "e2e_p50_ms")
+    base_p99 = _med(opened.get("direct"), "e2e_p99_ms")
+    figs: dict[str, dict[str, Any]] = {}
+    for name in ORDER:
+        c, o = closed.get(name), opened.get(name)
+        if not c and not o:
+            continue
+        f: dict[str, Any] = {"label": LABELS[name]}
+        if c:
+            runs = [r["steady_fps"] for r in c]
+            f["fps"] = round(median(runs), 2)
+            f["fps_runs"] = runs
+            f["fps_ratio"] = _ratio(f["fps"], base_fps)
+            direct_runs = [r["steady_fps"] for r in closed.get("direct", [])]
+            if len(direct_runs) == len(runs):
+                f["fps_ratio_runs"] = [_ratio(v, b) for v, b in zip(runs, direct_runs, strict=True)]
+            f["closed_batch"] = round(_med(c, "mean_batch_size"), 2)
+            f["cpu_ms_per_frame"] = _cpu(c)
+        if o:
+            for key in ("e2e_p50_ms", "e2e_p99_ms", "overhead_p50_ms", "overhead_p99_ms",
+                        "inference_p50_ms", "mean_batch_size"):  # fmt: skip
+                f[key] = round(_med(o, key), 3)
+            f["p50_runs"] = [x["e2e_p50_ms"] for x in o]
+            f["p99_runs"] = [x["e2e_p99_ms"] for x in o]
+            f["p50_ratio"] = _ratio(f["e2e_p50_ms"], base_p50)
+            f["p99_ratio"] = _ratio(f["e2e_p99_ms"], base_p99)
+            if all("added_p50_ms" in x for x in o):
+                f["added_p50_ms"] = round(_med(o, "added_p50_ms"), 3)
+                f["added_p99_ms"] = round(_med(o, "added_p99_ms"), 3)
+            f["open_cpu_ms_per_frame"] = _cpu(o)
+        figs[name] = f
+    return figs
+
+
+def _med(runs: list[dict[str, Any]] | None, key: str) -> float:
+    return median(r[key] for r in runs) if runs else float("nan")
+
+
+def _ratio(value: float, base: float) -> float:
+    return round(ratio(value, base), 3)
+
+
+def _cpu(runs: list[dict[str, Any]]) -> dict[str, float]:
+    keys = runs[0]["cpu_ms_per_frame"]
+    return {k: round(median(r["cpu_ms_per_frame"][k] for r in runs), 3) for k in keys}
+
+
+# ------------------------------------------------------------------ text
+def _x(r: float | None) -> str:
+    return "-" if r is None or r != r else f"{r:.2f}x"
+
+
+def table_rows(report: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for f in report["figures"].values():
+        fps = f"{f['fps']:.1f}" if "fps" in f else "-"
+        p50 = f"{f['e2e_p50_ms']:.1f}" if "e2e_p50_ms" in f else "-"
+        p99 = f"{f['e2e_p99_ms']:.1f}" if "e2e_p99_ms" in f else "-"
+        over = f"{f['overhead_p50_ms']:.1f}" if "overhead_p50_ms" in f else "-"
+        fwd = f"{f['inference_p50_ms']:.1f}" if "inference_p50_ms" in f else "-"
+        batch = f"{f.get('closed_batch', float('nan')):.1f} / {f.get('mean_batch_size', float('nan')):.1f}"
+        cpu = f.get("cpu_ms_per_frame", {})
+        cpu_cell = f"{cpu.get('server', 0.0):.1f} + {cpu.get('client', 0.0):.1f}" if cpu else "-"
+        runs = ", ".join(f"{v:.1f}" for v in f.get("fps_runs", []))
+        rows.append([f["label"], fps, _x(f.get("fps_ratio")), p50, _x(f.get("p50_ratio")),
+                     p99, _x(f.get("p99_ratio")), over, fwd, batch, cpu_cell, runs or "-"])  # fmt: skip
+    return rows
+
+
+HEADER = [
+    "system",
+    "frames/s (closed loop)",
+    "vs direct",
+    "p50 ms (open loop)",
+    "vs direct",
+    "p99 ms",
+    "vs direct",
+    "overhead p50 ms",
+    "forward p50 ms (open loop)",
+    "mean batch closed / open",
+    "CPU ms/frame (closed loop) server + client",
+    "frames/s repeats",
+]
+
+
+def _md_table(rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def not_measured(report: dict[str, Any]) -> list[str]:
+    """One line per peer that did not run, or was dropped, and why."""
+    lines = []
+    for peer, why in report["peers"].items():
+        if why is not None:
+            lines.append(f"- {peer}: {why}")
+    for name, why in report.get("failed", {}).items():
+        lines.append(f"- {LABELS.get(name, name)}: dropped mid-run: {why}")
+    return lines
+
+
+def latest_block(report: dict[str, Any]) -> str:
+    m, cfg = report["machine"], report["config"]
+    v = m["versions"]
+    figs = report["figures"]
+    lines = [
+        f"Run {report['date']} — `{report['command']}` — {report['runtime_s']:.0f} s in all.",
+        "",
+        f"- machine: {m['nproc']} CPUs, {m['cpu']} ({m['platform']}); device {cfg['device']}, "
+        f"torch threads {cfg['torch_threads']}",
+        f"- versions: Python {v['python']}, torch {v['torch']}, Celery {v['celery']}, "
+        f"redis-server {v.get('redis-server', '?')}, ray {v.get('ray', '-')}, "
+        f"nvidia-pytriton {v.get('nvidia-pytriton', '-')}, tritonclient "
+        f"{v.get('tritonclient', '-')}, numpy {v.get('numpy', '?')}",
+        f"- batch cap {cfg['max_batch_size']} and a {cfg['batch_wait_ms']:g} ms batch wait "
+        f"everywhere; {cfg['frames']} frames per closed-loop run ({cfg['loop_frames']} for the "
+        f"tight loop), {cfg['latency_frames']} frames per open-loop run at "
+        f"{cfg['open_fps']:.1f} frames/s ({cfg['load']:g} x the tight loop's "
+        f"{cfg['calibration_fps']:.1f} frames/s at the start) from {cfg['cameras']} cameras, "
+        f"{cfg['repeats']} repeat(s), 640x480 JPEG (~{cfg['jpeg_kb']} KB)",
+        "",
+        *_md_table(table_rows(report)),
+    ]
+    missing = not_measured(report)
+    if missing:
+        lines += ["", "Not measured:", "", *missing]
+    fp = figs.get("framepool", {})
+    if "added_p50_ms" in fp:
+        lines += [
+            "",
+            f"framepool's added latency in the open loop (completed - enqueued - inference, "
+            f"as `bench pipeline` (c)): p50 {fp['added_p50_ms']:.2f} ms, "
+            f"p99 {fp['added_p99_ms']:.2f} ms.",
+        ]
+    idle = report.get("idle_cpus", {})
+    if idle:
+        lines += [
+            "",
+            "Idle cost (CPUs' worth burnt by each system's server processes while nothing "
+            "is sent): " + ", ".join(f"{k} {val:.3f}" for k, val in idle.items()) + ".",
+        ]
+    lines += ["", _noise_line(report)]
+    return "\n".join(lines)
+
+
+def _noise_line(report: dict[str, Any]) -> str:
+    values = [
+        r["cpu_ms_per_frame"].get("others_cpus", 0.0)
+        for kind in ("closed", "open")
+        for runs in report["details"][kind].values()
+        for r in runs
+    ]
+    worst = max(values) if values else 0.0
+    return (
+        f"Noise: processes outside the system measured (incl. the other systems' idle "
+        f"servers) kept at most {worst:.2f} CPUs busy during one run (`/proc/stat`)."
+    )
+
+
+def history_row(report: dict[str, Any]) -> str:
+    figs = report["figures"]
+    m = report["machine"]
+    v = m["versions"]
+
+    def fps(name: str) -> str:
+        f = figs.get(name)
+        if not f or "fps" not in f:
+            return "-"
+        return f"{f['fps']:.1f}" if name == "direct" else f"{f['fps']:.1f} ({_x(f['fps_ratio'])})"
+
+    def lat(name: str) -> str:
+        f = figs.get(name)
+        if not f or "e2e_p50_ms" not in f:
+            return "-"
+        return f"{f['e2e_p50_ms']:.1f} / {f['e2e_p99_ms']:.1f}"
+
+    return (
+        f"| {report['date']} | `{report['command']}` | {m['nproc']}x {m['cpu']}, "
+        f"{report['config']['device']} | py {v['python']}, torch {v['torch']}, "
+        f"ray {v.get('ray', '-')}, pytriton {v.get('nvidia-pytriton', '-')} | "
+        + ", ".join(fps(n) for n in ORDER)
+        + " | "
+        + ", ".join(lat(n) for n in ORDER)
+        + f" | {report['runtime_s']:.0f} s |"
+    )
+
+
+def intro() -> str:
+    marks = {"BEGIN": BEGIN, "END": END, "HIST_BEGIN": HIST_BEGIN, "HIST_END": HIST_END}
+    return INTRO.format(**marks, HIST_HEADER=HIST_HEADER)
+
+
+def update_docs(report: dict[str, Any], path: Path = DOCS) -> None:
+    """Replace the latest-run block and append a row to the history table."""
+    update_doc_section(
+        path,
+        (BEGIN, END, HIST_BEGIN, HIST_END),
+        intro(),
+        latest_block(report),
+        HIST_HEADER,
+        history_row(report),
+    )
+
+
+def print_summary(report: dict[str, Any]) -> None:
+    rows = [HEADER, *table_rows(report)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
+    print()
+    for j, row in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+    for line in not_measured(report):
+        print(line)
+    idle = report.get("idle_cpus", {})
+    if idle:
+        print("idle CPUs: " + ", ".join(f"{k} {val:.3f}" for k, val in idle.items()))

@@ -1,0 +1,101 @@
+"""``framepool bench peers`` for real: the command with framepool and the direct call
+on a handful of frames, and each peer (Ray Serve, PyTriton) answering a few frames
+when it is installed (skipped otherwise: CI installs only ``.[dev]``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import harness, peers_ray, peers_triton
+from benchmarks.peers_clients import PeerClient, run_closed, session_pids
+from framepool.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_command_with_framepool_and_the_direct_call(tmp_path: Path) -> None:
+    out = tmp_path / "peers.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "framepool.cli", "bench", "peers", "--frames", "16",
+         "--latency-frames", "16", "--repeats", "1", "--peers", "none", "--no-docs",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    figs = report["figures"]
+    assert list(figs) == ["direct", "framepool"]
+    assert figs["direct"]["fps_ratio"] == 1.0 and figs["direct"]["p50_ratio"] == 1.0
+    fp = figs["framepool"]
+    assert fp["fps"] > 0 and fp["fps_ratio"] > 0
+    assert 0 < fp["e2e_p50_ms"] <= fp["e2e_p99_ms"]
+    assert fp["p50_ratio"] == round(fp["e2e_p50_ms"] / figs["direct"]["e2e_p50_ms"], 3)
+    assert "added_p50_ms" in fp and fp["closed_batch"] >= 1
+    assert report["details"]["open"]["framepool"][0]["frames"] == 16
+    assert report["peers"] == {"ray": "not selected (--peers)", "triton": "not selected (--peers)"}
+    assert "- triton: not selected (--peers)" in proc.stdout
+    assert report["config"]["open_fps"] == pytest.approx(
+        0.5 * report["config"]["calibration_fps"], abs=0.02
+    )
+
+
+@pytest.fixture
+def sandbox() -> Iterator[harness.Sandbox]:
+    with harness.Sandbox() as sb:
+        yield sb
+
+
+def _check_a_few_frames(client: PeerClient) -> None:
+    jpeg_count = 12
+    replies, _ = run_closed(client, jpeg_count, chunk=6)
+    assert len(replies) == jpeg_count
+    assert all(r.inference_ms > 0 and 1 <= r.batch_size <= 8 for r in replies)
+    assert max(r.batch_size for r in replies) > 1  # frames sent together were batched
+    assert all(r.completed_at > 0 for r in replies)
+
+
+def _models_root() -> str:
+    return str(Settings().models_root)
+
+
+@pytest.mark.skipif(peers_ray.missing() is not None, reason=f"ray: {peers_ray.missing()}")
+def test_ray_serve_answers_through_the_handle_and_http(sandbox: harness.Sandbox) -> None:
+    jpegs = harness.test_frames(4)
+    serve = peers_ray.RayServe(sandbox, _models_root(), "cpu", torch.get_num_threads(), 8, 16)
+    try:
+        assert session_pids(serve.head.pid)  # the whole cluster lives in the head's session
+        _check_a_few_frames(peers_ray.RayHandleClient(serve, jpegs))
+        http = peers_ray.RayHttpClient(serve, jpegs, 16)
+        try:
+            _check_a_few_frames(http)
+        finally:
+            http.close()
+        sid = serve.head.pid
+    finally:
+        serve.close()
+    assert session_pids(sid) == []  # nothing of Ray left running
+
+
+@pytest.mark.skipif(
+    peers_triton.missing() is not None, reason=f"nvidia-pytriton: {peers_triton.missing()}"
+)
+def test_pytriton_answers_over_grpc_and_http(sandbox: harness.Sandbox) -> None:
+    jpegs = harness.test_frames(4)
+    server = peers_triton.TritonServer(sandbox, _models_root(), "cpu", torch.get_num_threads(), 8)
+    for proto in ("grpc", "http"):
+        client = peers_triton.TritonClient(server, proto, jpegs)
+        try:
+            _check_a_few_frames(client)
+        finally:
+            client.close()
+    sid = server.child.pid
+    assert len(session_pids(sid)) >= 2  # the child and tritonserver (and its stub)
+    server.close()
+    assert session_pids(sid) == []
