@@ -2,7 +2,8 @@
 
 A private ``redis-server`` (as ``framepool up`` starts it) holds the heartbeats of a
 simulated cluster (:mod:`benchmarks.monitor_cluster`: 2 hosts x 4 GPUs x 4 workers,
-5 models each, 100 kernel rows and every histogram per model) and real queued
+5 models each, 100 kernel rows and every histogram per model, written by the
+workers' own ``Heartbeat``: kernel tables under a key of their own) and real queued
 frames (``FrameProducer``). Heartbeats are rewritten as real workers rewrite them:
 each worker every ``HEARTBEAT_INTERVAL_SECONDS`` (5 s), staggered. Three figures:
 
@@ -331,6 +332,9 @@ def main(duration: float, repeats: int, reads: int, out: Path, started: float) -
             "models_per_worker": len(cluster.model_ids),
             "kernels_per_model": len(cluster.workers[0].models[cluster.model_ids[0]].kernel_names),
             "heartbeat_bytes": beats.bytes,
+            "kernel_table_bytes": max(
+                (w.writer.kernels_size for w in cluster.workers if w.writer), default=0
+            ),
             "heartbeat_interval_s": cluster.interval_s,
             "queued_frames": queued,
             "queued_at_end": depth,

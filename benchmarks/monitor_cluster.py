@@ -6,8 +6,9 @@ serving the same ``models``. Every model keeps a real :class:`workers.stats.Mode
 batches, and a kernel table of ``kernels`` rows shaped like
 ``KernelTable.top()`` (CUDA kernels with their long template names and CPU ops,
 names shared between models as they are between real networks). A heartbeat is
-the document ``workers/snapshot.py`` builds, serialised and written the way
-``workers/heartbeat.py`` writes it (compact JSON, ``SET ... EX ttl``, ``SADD``).
+the document ``workers/snapshot.py`` builds, written by the workers' own writer
+(:class:`workers.heartbeat.Heartbeat`: compact JSON, ``SET ... EX ttl``, ``SADD``;
+the kernel tables under their own key, rewritten only when their stamp moves).
 
 :meth:`FakeCluster.advance` runs more frames through one worker's models, so its
 next heartbeat differs in every counter and histogram as a busy worker's would;
@@ -17,7 +18,6 @@ table only changes after ``framepool profile``) unless ``kernels_change``.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -26,6 +26,7 @@ from typing import Any
 import redis
 
 from framepool import keys
+from workers.heartbeat import Heartbeat, KernelIndex, wire_stats
 from workers.stats import ModelStats
 
 #: Typical per-stage times (ms) of a busy GPU worker; each frame draws around them.
@@ -91,6 +92,8 @@ class FakeWorker:
     pid: int
     models: dict[str, _Model] = field(default_factory=dict)
     beats: int = 0
+    kernel_version: int = 0  # as KernelTable.version: moves when a row changes
+    writer: Heartbeat | None = None
 
 
 class FakeCluster:
@@ -153,6 +156,7 @@ class FakeCluster:
                 done += size
             if self.kernels_change:
                 m.kernel_scale *= 1.0 + frames / 10_000
+                worker.kernel_version += 1
 
     def heartbeat(self, worker: FakeWorker, now: float | None = None) -> dict[str, Any]:
         """The document ``workers.snapshot.build_snapshot`` would return for ``worker``."""
@@ -193,7 +197,7 @@ class FakeCluster:
                 "max_batch_size": 8,
                 "batch_cap": {"limit": 8, "current": 8, "ooms": 0, "last_oom_at": None},
                 "in_flight": self.rng.randint(0, 16),
-                "stats": stats,
+                "stats": wire_stats(stats),
                 "profiler": {
                     "profiled_batches": 10,
                     "skipped_batches": 0,
@@ -202,7 +206,6 @@ class FakeCluster:
                     "overhead_ms_avg": 2.1,
                     "fold_ms_avg": 13.5,
                 },
-                "kernels": _kernel_rows(m),
             }
         worker.beats += 1
         return {
@@ -235,6 +238,11 @@ class FakeCluster:
             },
             "models": models,
             "totals": totals,
+            "kernels": KernelIndex(
+                f"{worker.pid}-{self.started_at:.6f}-{worker.kernel_version}",
+                {m: len(model.kernel_names) for m, model in worker.models.items()},
+                lambda: {m: _kernel_rows(model) for m, model in worker.models.items()},
+            ),
         }
 
     def _reading(self, worker: FakeWorker) -> dict[str, Any]:
@@ -255,13 +263,16 @@ class FakeCluster:
 
     # ------------------------------------------------------------------- Redis
     def publish(self, client: redis.Redis, worker: FakeWorker) -> int:
-        """Write ``worker``'s heartbeat as ``workers/heartbeat.py`` does; returns its size."""
-        body = json.dumps(self.heartbeat(worker), separators=(",", ":"), default=str)
-        pipe = client.pipeline(transaction=False)
-        pipe.set(keys.worker_heartbeat(worker.name), body, ex=self.ttl)
-        pipe.sadd(keys.WORKERS, worker.name)
-        pipe.execute()
-        return len(body)
+        """Write ``worker``'s heartbeat with the workers' writer; returns the bytes written
+        (the heartbeat, plus its kernel tables when their stamp moved)."""
+        writer = worker.writer
+        if writer is None or writer.client is not client:
+            writer = Heartbeat(client, worker.name, self.interval_s, lambda: self.heartbeat(worker))
+            worker.writer = writer
+        tables = writer.kernel_writes
+        if not writer.write():
+            raise RuntimeError(f"heartbeat of {worker.name} not written")
+        return writer.size + (writer.kernels_size if writer.kernel_writes > tables else 0)
 
     def publish_all(self, client: redis.Redis) -> int:
         """Every worker's heartbeat and the served-model set; the bytes written."""

@@ -42,7 +42,9 @@ way `workers/heartbeat.py` writes them, of workers simulated by
 `benchmarks/monitor_cluster.py`: each model with a real `workers.stats.ModelStats`
 (all eight stage histograms, frame and batch sizes) fed with random batches, and
 100 kernel rows shaped like `KernelTable.top()` (long CUDA template names and
-CPU ops); ~170 KB per heartbeat, nine tenths of it kernel rows. 20 real frames
+CPU ops). They are written by the workers' own `workers.heartbeat.Heartbeat`: a
+~11 KB heartbeat (histograms as counts) and, under a key of its own, a ~150 KB
+kernel table, rewritten only when its stamp moves. 20 real frames
 (640x480 JPEG, `FrameProducer`) wait in each model's queue. Heartbeats are
 rewritten on the workers' schedule: each worker every 5 s
 (`HEARTBEAT_INTERVAL_SECONDS`), staggered, its counters and histograms grown by
@@ -143,6 +145,13 @@ def _n(v: float, digits: int = 2) -> str:
     return f"{v:.{digits}f}"
 
 
+def _table(cfg: dict[str, Any]) -> str:
+    size = cfg.get("kernel_table_bytes")
+    if not size:
+        return ""
+    return f" (kernel table {size / 1024:.0f} KB under its own key, rewritten after profiling)"
+
+
 def latest_block(report: dict[str, Any]) -> str:
     m, cfg, f = report["machine"], report["config"], report["figures"]
     v = m["versions"]
@@ -180,7 +189,7 @@ def latest_block(report: dict[str, Any]) -> str:
         f"- cluster: {cfg['workers']} workers on {cfg['gpus']} GPUs ({cfg['hosts']} hosts), "
         f"{cfg['models_per_worker']} models each, {cfg['kernels_per_model']} kernel rows per model, "
         f"heartbeat {cfg['heartbeat_bytes'] / 1024:.0f} KB rewritten every "
-        f"{cfg['heartbeat_interval_s']:g} s; {cfg['queued_frames']} queued frames; "
+        f"{cfg['heartbeat_interval_s']:g} s{_table(cfg)}; {cfg['queued_frames']} queued frames; "
         f"poll every {cfg['poll_interval_s']:g} s, scrape every {cfg['scrape_interval_s']:g} s; "
         f"{cfg['reads']} reads for (a), {len(b['runs'])} scrapes for (b), "
         f"{cfg['repeats']} x {cfg['duration_s']:g} s for (c)",

@@ -219,7 +219,7 @@ def results(camera_id: str, follow: bool, count: int, skip_late: bool) -> None:
 @click.option("--model", "model_id", default=None, help="one model [every model of the worker]")
 @click.option("--timeout", default=5.0, show_default=True, help="seconds to wait for the reply")
 def profile(worker_name: str, batches: int, model_id: str | None, timeout: float) -> None:
-    """Run the next N batches of a worker under torch.profiler (kernel stats in its heartbeat)."""
+    """Run the next N batches of a worker under torch.profiler (its kernel table in Redis)."""
     from framepool import keys
     from framepool.celery_app import create_app
 

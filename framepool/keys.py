@@ -96,6 +96,13 @@ def worker_heartbeat(worker: str) -> str:
     return f"{PREFIX}:worker:{worker}"
 
 
+def worker_kernels(worker: str) -> str:
+    """JSON kernel tables of one worker (``KernelTable.top()`` rows per model), rewritten
+    only when they change, kept with the heartbeat's TTL; the heartbeat's ``kernels.stamp``
+    names the version it holds."""
+    return f"{PREFIX}:worker:{worker}:kernels"
+
+
 def heartbeat_ttl(interval_s: float) -> int:
     """Seconds a heartbeat stays after its last write: three missed beats mean gone."""
     return max(2, int(round(3 * interval_s)))

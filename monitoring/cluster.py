@@ -2,15 +2,19 @@
 
 Each :meth:`ClusterReader.read`:
 
-1. ``SMEMBERS`` of ``keys.WORKERS`` and ``keys.SERVED_MODELS`` (one pipeline);
-2. ``GETRANGE`` of the first 2 KB of every worker's heartbeat key, plus for every
-   model known so far (served models and manifests under ``MODELS_ROOT``) ``LLEN``
-   and ``LINDEX -1`` of each of its queue lists and ``HGETALL`` of its drop counter
-   (one pipeline);
-3. one ``MGET`` of the heartbeats that changed since the last read (a heartbeat
-   whose first bytes, which hold its ``updated_at``, are unchanged is not fetched
-   or parsed again: :mod:`monitoring.heartbeat_cache`);
-4. only when a heartbeat names a model not known yet, the same queue commands for it.
+1. one pipeline: ``SMEMBERS`` of ``keys.WORKERS`` and ``keys.SERVED_MODELS``, and for
+   the workers and models of the last read, ``GETRANGE`` of the first 2 KB of every
+   heartbeat key and, per model, ``LLEN`` and ``LINDEX -1`` of its queue list,
+   ``HGETALL`` of its drop counter, and one ``EXISTS`` over the priority sub-lists
+   (models: served ones, manifests under ``MODELS_ROOT`` and those the heartbeats
+   name; :class:`monitoring.queues.QueueReads`);
+2. one ``MGET`` of the heartbeats that changed since the last read, and of those of
+   workers new to it (a heartbeat whose first bytes, which hold its ``updated_at``,
+   are unchanged is not fetched or parsed again: :mod:`monitoring.heartbeat_cache`);
+3. only when a new heartbeat names kernel tables whose stamp the reader has no rows
+   for (the worker profiled), one ``MGET`` of those tables (``keys.worker_kernels``);
+4. only for models the last read did not know, or priority sub-lists that now hold
+   frames, the queue commands for them.
 
 A name in ``keys.WORKERS`` whose heartbeat key has expired is listed in
 ``snapshot.gone``; the reader notes when it first saw it gone and removes it from
@@ -54,12 +58,7 @@ from monitoring.cluster_views import (
 )
 from monitoring.heartbeat_cache import PREFIX_BYTES, HeartbeatCache
 from monitoring.histograms import quantile_ms
-from monitoring.queues import (
-    StampMemo,
-    add_queue_commands,
-    commands_per_model,
-    parse_queue_replies,
-)
+from monitoring.queues import QueueReads, StampMemo
 from monitoring.retired import RetiredHistograms
 
 __all__ = [
@@ -80,6 +79,21 @@ log = get_logger(__name__)
 GONE_FORGET_S = 600.0
 #: Seconds the list of manifests under ``MODELS_ROOT`` is reused.
 MANIFEST_CACHE_S = 30.0
+
+
+def _same_kernels(now: dict[str, Any], then: dict[str, Any]) -> bool:
+    """Whether two heartbeats' model entries hold the very same kernel lists (or none)."""
+    if now.keys() != then.keys():
+        return False
+    for model_id, entry in now.items():
+        a, b = entry.get("kernels"), then[model_id].get("kernels")
+        if a is not b and (a or b):
+            return False
+    return True
+
+
+#: The prefix of a heartbeat not asked for (a worker the last read did not list).
+_UNREAD: Any = object()
 
 
 def _text(value: Any) -> str:
@@ -106,43 +120,49 @@ class ClusterReader:
         self._retired = RetiredHistograms()
         self._stamps: StampMemo = {}
         self._sums: dict[str, tuple[list[Any], dict[str, Any]]] = {}  # model -> parts, their sum
-        self._kernel_inputs: list[tuple[str, str, Any]] = []
+        self._kernel_inputs: list[tuple[str, dict[str, Any]]] = []
         self._kernel_cache: dict[Any, Any] = {}
+        self._names: list[str] = []  # the workers and models of the last read
+        self._models: list[str] = []
+        self._busy: set[str] = set()  # priority sub-lists that held frames then
 
     def read(self) -> ClusterSnapshot:
         now = self.clock()
+        names_then = self._names
+        reads = QueueReads(self._models, self._busy)
         pipe = self.client.pipeline(transaction=False)
         pipe.smembers(keys.WORKERS)
         pipe.smembers(keys.SERVED_MODELS)
-        names_reply, served_reply = pipe.execute(raise_on_error=False)
-        names = sorted(_members(names_reply))
-        candidates = sorted(_members(served_reply) | self._manifest_ids(now))
-
-        pipe = self.client.pipeline(transaction=False)
-        for name in names:
+        for name in names_then:  # the workers and models of the last read: one round trip
             pipe.getrange(keys.worker_heartbeat(name), 0, PREFIX_BYTES - 1)
-        for model_id in candidates:
-            add_queue_commands(pipe, model_id)
-        replies = pipe.execute(raise_on_error=False) if len(pipe) else []
-        views = self._heartbeat_views(names, replies[: len(names)], now)
-        replies = replies[len(names) :]
+        reads.add_commands(pipe)
+        replies = pipe.execute(raise_on_error=False)
+        names = sorted(_members(replies[0]))
+        candidates = sorted(_members(replies[1]) | self._manifest_ids(now))
+        prefixes = dict(zip(names_then, replies[2 : 2 + len(names_then)], strict=True))
+        reads.take(replies[2 + len(names_then) :])
 
+        views = self._heartbeat_views(names, [prefixes.get(n, _UNREAD) for n in names], now)
         workers = [v for v in views if v is not None]
         gone = [n for n, v in zip(names, views, strict=True) if v is None]
         extra = sorted({m for w in workers for m in w.models} - set(candidates))
-        if extra:
-            pipe = self.client.pipeline(transaction=False)
-            for model_id in extra:
-                add_queue_commands(pipe, model_id)
-            replies += pipe.execute(raise_on_error=False)
         known = candidates + extra
+        new = [m for m in known if m not in reads.lists]  # models the last read did not know
+        more = QueueReads(new, {ls for m in new for ls in keys.queue_lists(m)})
+        if new or reads.idle_busy():  # their queues, and sub-lists that now hold frames
+            pipe = self.client.pipeline(transaction=False)
+            more.add_commands(pipe)
+            if reads.idle_busy():
+                reads.add_idle(pipe)
+            rest = more.take(pipe.execute(raise_on_error=False))
+            if reads.idle_busy():
+                reads.take_idle(rest)
+        self._names, self._models, self._busy = names, known, reads.busy() | more.busy()
 
         queues: dict[str, QueueView] = {}
-        at = 0
         for model_id in known:
-            n = commands_per_model(model_id)
-            reading = parse_queue_replies(model_id, replies[at : at + n], self._stamps)
-            at += n
+            source = reads if model_id in reads.lists else more
+            reading = source.reading(model_id, self._stamps)
             oldest = reading.oldest_enqueued_at
             queues[model_id] = QueueView(
                 model_id=model_id,
@@ -172,6 +192,9 @@ class ClusterReader:
         views: list[WorkerView | None] = [None] * len(names)
         fetch: list[int] = []
         for i, (name, prefix) in enumerate(zip(names, prefixes, strict=True)):
+            if prefix is _UNREAD:  # a worker new to this reader
+                fetch.append(i)
+                continue
             if isinstance(prefix, str):
                 prefix = prefix.encode()
             if not isinstance(prefix, bytes) or not prefix:
@@ -183,16 +206,24 @@ class ClusterReader:
             values = self.client.mget([keys.worker_heartbeat(names[i]) for i in fetch])
             for i, value in zip(fetch, values, strict=True):
                 views[i] = self._heartbeats.parse(names[i], value, now) if value else None
+        wanted = self._heartbeats.wanted()  # new kernel stamps: fetch those tables
+        if wanted:
+            at = {name: i for i, name in enumerate(names)}
+            tables = self.client.mget([keys.worker_kernels(n) for n in wanted])
+            for (name, stamp), value in zip(wanted.items(), tables, strict=True):
+                view = self._heartbeats.attach(name, stamp, value)
+                if view is not None:
+                    views[at[name]] = view
         self._heartbeats.keep(n for n, v in zip(names, views, strict=True) if v is not None)
         return views
 
     def _kernel_cache_for(self, workers: list[WorkerView]) -> dict[Any, Any]:
         """The previous snapshot's merged kernel tables while every worker's kernel rows are
         the very lists it merged (a heartbeat with unchanged rows reuses its list), else new."""
-        inputs = [(w.name, m, e.get("kernels")) for w in workers for m, e in w.models.items()]
+        inputs = [(w.name, w.models) for w in workers]
         before = self._kernel_inputs
         same = len(inputs) == len(before) and all(
-            a[:2] == b[:2] and (a[2] is b[2] or (not a[2] and not b[2]))
+            a[0] == b[0] and (a[1] is b[1] or _same_kernels(a[1], b[1]))
             for a, b in zip(inputs, before, strict=True)
         )
         if not same:

@@ -4,18 +4,19 @@ Pure functions (no Redis): :func:`parse_worker` accepts whatever is stored under
 heartbeat key and never raises (unparseable JSON gives a worker in state
 ``invalid``); :func:`build_devices` groups NVML readings by physical GPU
 (``"<hostname>/<uuid or index>"``) keeping the newest; :func:`build_models` sums
-counters and histograms over the workers that serve each model.
+counters over the workers that serve each model (their histograms when first read,
+:mod:`monitoring.model_hists`). What is read of a heartbeat for these is read once
+per heartbeat and kept in its view's ``memo``.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, MutableMapping
-from operator import is_
 from typing import Any
 
-from monitoring import histograms
 from monitoring.cluster_views import DeviceView, ModelView, WorkerView
+from monitoring.model_hists import merged
 
 #: Best first: a model's cluster state is the best state among its workers.
 STATE_ORDER = ("ready", "degraded", "unhealthy", "loading", "failed")
@@ -127,6 +128,36 @@ def _allocations_by_key(w: WorkerView, ident: dict[int, str]) -> dict[str, float
     return out
 
 
+_GpuFact = tuple[str, dict[str, Any], str | None, float | None]
+_ReadingFact = tuple[str, dict[str, Any], int, str, tuple[tuple[str, float | None], ...]]
+_DeviceFacts = tuple[list[_GpuFact], list[_ReadingFact], dict[str, float]]
+
+
+def _device_facts(w: WorkerView) -> _DeviceFacts:
+    """The worker's GPU identities, NVML readings and model allocations, each with its device
+    key, checked once per heartbeat (kept in ``w.memo``)."""
+    found: _DeviceFacts | None = w.memo.get(("devices", None))
+    if found is not None:
+        return found
+    ident: dict[int, str] = {}
+    gpus: list[_GpuFact] = []
+    for g in worker_gpus(w):
+        key = device_key(w.hostname, _str(g.get("uuid")) or None, _int(g.get("index")))
+        ident[_int(g.get("index"))] = key
+        gpus.append((key, g, _str(g.get("name")) or None, _float(g.get("total_memory_mb"))))
+    reads: list[_ReadingFact] = []
+    for r in readings(w):
+        values = tuple(
+            (f, value)
+            for f in _READ_FIELDS
+            if (value := _float(r.get(f))) is not None or f != "memory_total_mb"
+        )
+        reads.append((reading_key(w, r), r, _int(r.get("index")), _str(r.get("name")), values))
+    found = (gpus, reads, _allocations_by_key(w, ident))
+    w.memo[("devices", None)] = found
+    return found
+
+
 def build_devices(workers: Iterable[WorkerView]) -> list[DeviceView]:
     """One view per physical GPU; the newest heartbeat's reading wins; sorted by key."""
     devices: dict[str, DeviceView] = {}
@@ -143,23 +174,19 @@ def build_devices(workers: Iterable[WorkerView]) -> list[DeviceView]:
         return d
 
     for w in sorted(workers, key=lambda w: w.updated_at):
-        ident: dict[int, str] = {}
-        for g in worker_gpus(w):
-            key = device_key(w.hostname, _str(g.get("uuid")) or None, _int(g.get("index")))
-            ident[_int(g.get("index"))] = key
+        gpus, reads, allocated = _device_facts(w)
+        for key, g, name, total_mb in gpus:
             d = get(key, w, g)
-            d.name = d.name or (_str(g.get("name")) or None)
+            d.name = d.name or name
             if d.memory_total_mb is None:
-                d.memory_total_mb = _float(g.get("total_memory_mb"))
-        for r in readings(w):
-            d = get(reading_key(w, r), w, r)
-            d.index, d.has_reading = _int(r.get("index")), True
-            d.name = _str(r.get("name")) or d.name
-            for f in _READ_FIELDS:
-                value = _float(r.get(f))
-                if value is not None or f != "memory_total_mb":
-                    setattr(d, f, value)
-        for key, mb in _allocations_by_key(w, ident).items():
+                d.memory_total_mb = total_mb
+        for key, r, index, name, values in reads:
+            d = get(key, w, r)
+            d.index, d.has_reading = index, True
+            d.name = name or d.name
+            for f, value in values:
+                setattr(d, f, value)
+        for key, mb in allocated.items():
             if key in devices:
                 devices[key].allocated_mb = round(devices[key].allocated_mb + mb, 3)
     for d in devices.values():
@@ -174,90 +201,52 @@ def build_models(
 ) -> dict[str, ModelView]:
     """Every known model (``state="absent"`` without a worker) and every model a worker serves.
 
-    Their histograms are summed when first read, from the compact histograms kept per
-    heartbeat (:func:`prepare_hists`). ``sums`` (model -> the parts last summed and
-    their sum, kept by the caller across snapshots) spares summing the same parts again."""
-    grouped: dict[str, list[tuple[WorkerView, dict[str, Any]]]] = {m: [] for m in known}
+    Their histograms are summed when first read (``monitoring.model_hists.merged``).
+    ``sums`` (model -> the parts last summed and their sum, kept by the caller across
+    snapshots) spares summing the same heartbeats again."""
+    grouped: dict[str, list[_Served]] = {m: [] for m in known}
     for w in workers:
-        for model_id, entry in w.models.items():
-            grouped.setdefault(model_id, []).append((w, entry))
+        for model_id, facts in _model_facts(w):
+            grouped.setdefault(model_id, []).append((w, facts))
     if sums is not None:
         for model_id in [m for m in sums if m not in grouped]:
             del sums[model_id]
     return {m: _model(m, grouped[m], sums) for m in sorted(grouped)}
 
 
-_PREPARED = ("hists", None)  # in w.memo once prepare_hists ran
+#: A worker serving a model, and its state, version (or None), COUNTERS and in_flight.
+_Served = tuple[WorkerView, tuple[Any, ...]]
 
 
-def prepare_hists(w: WorkerView) -> None:
-    """Compact (validate) every histogram of the heartbeat once, all models at once
-    (``histograms.compact_many``), into ``w.memo`` for :func:`model_hists`. The reader
-    calls it when it parses a heartbeat, so that a scrape only adds up compact parts."""
-    memo = w.memo
-    if _PREPARED in memo:
-        return
-    layout: list[tuple[str, list[str]]] = []
-    flat: list[Any] = []
-    for model_id, entry in w.models.items():
-        stats = _dict(entry.get("stats"))
-        timings = _dict(stats.get("timings_ms"))
-        layout.append((model_id, [str(stage) for stage in timings]))
-        flat += timings.values()
-        flat += (stats.get("batch_size_hist"), stats.get("frame_size_bytes"))
-    parts = histograms.compact_many(flat)
-    at = 0
-    for model_id, stages in layout:
-        n = len(stages)
-        memo[("hists", model_id)] = {
-            "timings_ms": dict(zip(stages, parts[at : at + n], strict=True)),
-            "batch_size_hist": parts[at + n],
-            "frame_size_bytes": parts[at + n + 1],
-        }
-        at += n + 2
-    memo[_PREPARED] = True
-
-
-def model_hists(w: WorkerView, model_id: str) -> dict[str, Any]:
-    """The worker's histograms of one model as :class:`~monitoring.histograms.Compact`:
-    ``timings_ms`` (stage -> histogram), ``batch_size_hist``, ``frame_size_bytes``;
-    computed once per heartbeat (kept in ``w.memo``, see :func:`prepare_hists`)."""
-    key = ("hists", model_id)
-    found = w.memo.get(key)
+def _model_facts(w: WorkerView) -> list[tuple[str, tuple[Any, ...]]]:
+    """Per model of the worker: its state, version (or None), COUNTERS and in_flight (read
+    once per heartbeat, kept in ``w.memo``)."""
+    found: list[tuple[str, tuple[Any, ...]]] | None = w.memo.get(("models", None))
     if found is None:
-        prepare_hists(w)
-        found = w.memo.get(key)
-    if found is None:  # a model the heartbeat does not serve: no histograms
-        found = {
-            "timings_ms": {},
-            "batch_size_hist": histograms.compact(None),
-            "frame_size_bytes": histograms.compact(None),
-        }
-    return found
-
-
-def _numbers(w: WorkerView, model_id: str, entry: dict[str, Any]) -> tuple[int, ...]:
-    """The worker's COUNTERS and in_flight for one model (kept per heartbeat in ``w.memo``)."""
-    key = ("numbers", model_id)
-    found = w.memo.get(key)
-    if found is None:
-        stats = _dict(entry.get("stats"))
-        found = (*(_int(stats.get(c)) for c in COUNTERS), _int(entry.get("in_flight")))
-        w.memo[key] = found
+        found = []
+        for model_id, entry in w.models.items():
+            stats = _dict(entry.get("stats"))
+            version = entry.get("version")
+            found.append((model_id, (
+                _str(entry.get("state"), "unknown"),
+                version if isinstance(version, str) else None,
+                *(_int(stats.get(c)) for c in COUNTERS),
+                _int(entry.get("in_flight")),
+            )))  # fmt: skip
+        w.memo[("models", None)] = found
     return found
 
 
 def _model(
     model_id: str,
-    served: list[tuple[WorkerView, dict[str, Any]]],
+    served: list[_Served],
     sums: MutableMapping[str, tuple[list[Any], dict[str, Any]]] | None,
 ) -> ModelView:
-    states = {w.name: _str(e.get("state"), "unknown") for w, e in served}
+    states = {w.name: f[0] for w, f in served}
     best = max(states.values(), key=lambda s: _RANK.get(s, 0), default="absent")
-    versions = {v for _, e in served if isinstance(v := e.get("version"), str)}
-    numbers = [_numbers(w, model_id, e) for w, e in served]
+    versions = {f[1] for _, f in served if f[1] is not None}
     frames, ok, errors, expired, batches, in_flight = (
-        map(sum, zip(*numbers, strict=True)) if numbers else (0,) * 6
+        map(sum, zip(*(f[2:] for _, f in served), strict=True)) if served else (0,) * 6
     )
     return ModelView(
         model_id=model_id,
@@ -271,35 +260,5 @@ def _model(
         batches=batches,
         in_flight=in_flight,
         workers=[w.name for w, _ in served],
-        histograms=lambda: _merged(model_id, served, sums),
+        histograms=lambda: merged(model_id, [w for w, _ in served], sums),
     )
-
-
-def _merged(
-    model_id: str,
-    served: list[tuple[WorkerView, dict[str, Any]]],
-    sums: MutableMapping[str, tuple[list[Any], dict[str, Any]]] | None,
-) -> dict[str, Any]:
-    """The model's histograms summed over ``served``: the sum of their compact histograms,
-    made once per heartbeat (``model_hists``), or the last sum while they are the same."""
-    parts = [model_hists(w, model_id) for w, _ in served]
-    last = sums.get(model_id) if sums is not None else None
-    if last is not None and len(last[0]) == len(parts) and all(map(is_, last[0], parts)):
-        return last[1]
-    merged = merge_model_hists(parts)
-    if sums is not None:
-        sums[model_id] = (parts, merged)
-    return merged
-
-
-def merge_model_hists(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """The sum of several :func:`model_hists` (``Compact`` in), as ``Hist`` dicts."""
-    stages: dict[str, list[histograms.Compact]] = {}
-    for h in parts:
-        for stage, part in h["timings_ms"].items():
-            stages.setdefault(stage, []).append(part)
-    return {
-        "timings_ms": {stage: histograms.merge_compact(ps) for stage, ps in sorted(stages.items())},
-        "batch_size_hist": histograms.merge_compact(h["batch_size_hist"] for h in parts),
-        "frame_size_bytes": histograms.merge_compact(h["frame_size_bytes"] for h in parts),
-    }

@@ -2,9 +2,14 @@
 
 A worker histogram (``workers/stats.py``) is ``{"buckets": [[le, count], ...], "sum": s,
 "count": n}``: counts are cumulative, ``le`` bounds are finite and ascending, and the
-``+Inf`` bucket is implicit (its count is ``count``). Heartbeats come from other
-processes, so every function here accepts anything and never raises: :func:`clean`
-turns garbage into a valid (possibly empty) histogram.
+``+Inf`` bucket is implicit (its count is ``count``). In a heartbeat, workers of this
+version send it as counts with the bounds named, not repeated (``workers/heartbeat.py``,
+``wire_stats``): ``{"bounds": "ms", "counts": [c, ...], "sum": s, "count": n}``, the
+bounds under that name in the model's ``stats.hist_bounds``, the counts stopping where
+they reach ``n`` (every later bound counts ``n``); :func:`resolve` turns that form back
+into the first and :func:`compact_counts` makes it compact directly. Heartbeats
+come from other processes, so every function here accepts anything and never raises:
+:func:`clean` turns garbage into a valid (possibly empty) histogram.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import math
 import operator
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
-from itertools import accumulate, chain, repeat
+from itertools import accumulate, chain, compress, islice, repeat
 from typing import Any, NamedTuple
 
 from prometheus_client.utils import floatToGoString
@@ -23,6 +28,7 @@ _NUM = (int, float)
 _PAIR = (list, tuple)
 _NUMBERS = frozenset(_NUM)
 _LIST = frozenset({list})
+_DICT = frozenset({dict})
 _TWO = frozenset({2})
 _first, _second = operator.itemgetter(0), operator.itemgetter(1)
 
@@ -139,6 +145,109 @@ def compact_many(hists: Sequence[Any]) -> list[Compact]:
         n = float(max(last, float(count) if count > 0 else 0.0))
         out.append(Compact(bounds[start:end], counts[start:end], float(total), _int(n)))
     return out
+
+
+def resolve(hist: Any, bounds: Any) -> Any:
+    """A histogram in the count form (module docstring) with ``bounds`` (the model's
+    ``hist_bounds``: name -> upper bounds) as ``{"buckets": [[le, count], ...], "sum",
+    "count"}``, the bounds past its last count counting ``count``. No buckets when its
+    bounds are unknown, fewer than its counts, or some are left and ``count`` is not a
+    number. Anything not in the count form is returned as it is."""
+    if type(hist) is not dict or "counts" not in hist:
+        return hist
+    name, counts, total = hist.get("bounds"), hist.get("counts"), hist.get("count")
+    les = bounds.get(name) if isinstance(bounds, dict) and isinstance(name, str) else None
+    pairs: list[list[Any]] = []
+    if type(les) is list and type(counts) is list and len(counts) <= len(les):
+        left = len(les) - len(counts)
+        if not left or type(total) in _NUM:
+            pairs = [[le, n] for le, n in zip(les, [*counts, *[total] * left], strict=True)]
+    return {"buckets": pairs, "sum": hist.get("sum"), "count": total}
+
+
+#: Bound lists seen (their values and types) -> the tuple of them when valid, else None.
+_BOUNDS_SEEN: dict[tuple[Any, ...], tuple[float, ...] | None] = {}
+_BOUNDS_SEEN_MAX = 256
+
+
+def _valid_bounds(les: list[Any]) -> tuple[float, ...] | None:
+    """``les`` as a tuple when its bounds are numbers, finite and ascending; else None.
+    Remembered by value and type: workers send the same few lists in every heartbeat,
+    which then also share one tuple."""
+    key = (*les, *map(type, les))
+    if key in _BOUNDS_SEEN:
+        return _BOUNDS_SEEN[key]
+    t = tuple(les)
+    ok = set(map(type, t)) <= _NUMBERS and math.isfinite(sum(t)) and all(map(operator.lt, t, t[1:]))
+    if len(_BOUNDS_SEEN) >= _BOUNDS_SEEN_MAX:
+        _BOUNDS_SEEN.clear()
+    _BOUNDS_SEEN[key] = found = t if ok else None
+    return found
+
+
+def _clean_bounds(bounds: Any) -> dict[str, tuple[float, ...]]:
+    """The valid bound lists of a ``hist_bounds`` table (numbers, finite, ascending), as tuples."""
+    out: dict[str, tuple[float, ...]] = {}
+    for name, les in bounds.items() if isinstance(bounds, dict) else ():
+        if type(les) is list and (t := _valid_bounds(les)) is not None:
+            out[name] = t
+    return out
+
+
+def compact_counts(hists: Sequence[Any], bounds: Sequence[Any]) -> list[Compact]:
+    """``[compact(resolve(h, b)) for h, b in zip(hists, bounds)]`` (``bounds[i]``: the
+    ``hist_bounds`` of the model ``hists[i]`` belongs to), quick when they are all in the
+    count form and valid (what workers send): each table of bounds checked once, every
+    count of every histogram in one pass, and histograms with the same bounds share one
+    tuple of them."""
+    if len(hists) != len(bounds):
+        raise ValueError("one table of bounds per histogram")
+    quick = None
+    if set(map(type, hists)) <= _DICT:
+        tables = {k: _clean_bounds(b) for k, b in {id(b): b for b in bounds}.items()}
+        names = [h.get("bounds") for h in hists]
+        les = [tables[id(b)].get(n) if type(n) is str else None for n, b in zip(names, bounds)]  # noqa: B905
+        quick = _compact_valid_counts(hists, les) if None not in les else None
+    if quick is not None:
+        return quick
+    return [compact(resolve(h, b)) for h, b in zip(hists, bounds, strict=True)]
+
+
+def _compact_valid_counts(hists: Sequence[Any], les: list[Any]) -> list[Compact] | None:
+    """The compact histograms when every one is valid in the count form with bounds ``les``;
+    ``None`` otherwise (the caller then takes them one by one)."""
+    counts: list[Any] = [h.get("counts") for h in hists]
+    if not set(map(type, counts)) <= _LIST:
+        return None
+    left = list(map(operator.sub, map(len, les), map(len, counts)))  # bounds counting count
+    if min(left, default=0) < 0:
+        return None
+    flat = list(chain.from_iterable(counts))
+    sums = [h.get("sum") for h in hists]
+    totals = [h.get("count") for h in hists]
+    if not set(map(type, flat)).union(map(type, sums), map(type, totals)) <= _NUMBERS:
+        return None
+    if not math.isfinite(sum(flat) + sum(sums) + sum(totals)):
+        return None
+    # counts never go down but from one histogram to the next (where a histogram ends)
+    falls = compress(range(len(flat)), map(operator.gt, flat, islice(flat, 1, None)))
+    if not set(falls) <= {end - 1 for end in accumulate(map(len, counts[:-1]))}:
+        return None
+    if min((c[0] for c in counts if c), default=0) < 0:
+        return None
+    # nor where the counts stop and count goes on
+    if any(n and t < (c[-1] if c else 0) for c, t, n in zip(counts, totals, left)):  # noqa: B905
+        return None
+    full = [(*c, *(t,) * n) if n else tuple(c) for c, t, n in zip(counts, totals, left)]  # noqa: B905
+    lasts = [c[-1] if c else 0 for c in full]
+    # as compact() counts: at least the last bucket's, a count <= 0 read as none
+    ns = [n if type(n) is int and -_EXACT < n < _EXACT else _int(float(n))
+          for n in map(max, lasts, totals, repeat(0))]  # fmt: skip
+    return list(map(Compact._make, zip(les, full, map(float, sums), ns, strict=True)))
+
+
+#: Integers that float() keeps exactly (``_int(float(n)) == n`` below it).
+_EXACT = 2**53
 
 
 def _cumulative_at(part: Compact, le: float) -> float:

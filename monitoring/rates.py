@@ -11,9 +11,11 @@ the true rate the next.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from monitoring.cluster import ClusterSnapshot, quantile_ms
+from monitoring.histograms import resolve
 
 
 def delta_hist(now: dict[str, Any] | None, before: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -49,15 +51,28 @@ def _merge(hists: list[dict[str, Any]]) -> dict[str, Any] | None:
 class _Beat:
     at: float
     frames: int
-    total: dict[str, Any] | None
-    batches: dict[str, Any] | None
+    total: Any  # the heartbeat's histograms as sent (count form resolved when read)
+    batches: Any
+    bounds: Any  # the model's hist_bounds (count form), or None
 
 
-@dataclass
 class _Rate:
-    frames_per_s: float
-    total: dict[str, Any] | None
-    batches: dict[str, Any] | None
+    """The rate between two heartbeats; the histograms of what happened between them are
+    computed when first read (a dashboard or an API call), not at every poll."""
+
+    def __init__(self, now: _Beat, before: _Beat) -> None:
+        self.frames_per_s = (now.frames - before.frames) / (now.at - before.at)
+        self._now, self._before = now, before
+
+    @cached_property
+    def total(self) -> dict[str, Any] | None:
+        now, before = self._now, self._before
+        return delta_hist(resolve(now.total, now.bounds), resolve(before.total, before.bounds))
+
+    @cached_property
+    def batches(self) -> dict[str, Any] | None:
+        now, before = self._now, self._before
+        return delta_hist(resolve(now.batches, now.bounds), resolve(before.batches, before.bounds))
 
 
 class RateTracker:
@@ -66,31 +81,31 @@ class RateTracker:
     def __init__(self) -> None:
         self._last: dict[tuple[str, str], _Beat] = {}
         self._rates: dict[tuple[str, str], _Rate] = {}
+        self._seen: dict[str, Any] = {}  # worker -> the models of its heartbeat taken last
 
     def update(self, snap: ClusterSnapshot) -> None:
-        live: set[tuple[str, str]] = set()
+        seen = {w.name: w.models for w in snap.workers}
         for w in snap.workers:
+            if self._seen.get(w.name) is w.models:
+                continue  # the same heartbeat as before (views of it share its models)
             for model_id, entry in w.models.items():
-                stats = entry.get("stats") or {}
                 key = (w.name, model_id)
-                live.add(key)
+                last = self._last.get(key)
+                if last is not None and w.updated_at <= last.at:
+                    continue  # the same heartbeat as before
+                stats = entry.get("stats") or {}
                 beat = _Beat(
                     w.updated_at,
                     int(stats.get("frames") or 0),
                     (stats.get("timings_ms") or {}).get("total"),
                     stats.get("batch_size_hist"),
+                    stats.get("hist_bounds"),
                 )
-                last = self._last.get(key)
-                if last is not None and beat.at <= last.at:
-                    continue  # the same heartbeat as before
                 if last is not None and beat.frames >= last.frames:
-                    self._rates[key] = _Rate(
-                        (beat.frames - last.frames) / (beat.at - last.at),
-                        delta_hist(beat.total, last.total),
-                        delta_hist(beat.batches, last.batches),
-                    )
+                    self._rates[key] = _Rate(beat, last)
                 self._last[key] = beat
-        for key in set(self._last) - live:
+        self._seen = seen
+        for key in [k for k in self._last if k[1] not in seen.get(k[0], ())]:
             self._last.pop(key, None)
             self._rates.pop(key, None)
 

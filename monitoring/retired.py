@@ -18,8 +18,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from monitoring import histograms
-from monitoring.cluster_build import merge_model_hists, model_hists
 from monitoring.cluster_views import WorkerView
+from monitoring.model_hists import merge_model_hists, model_hists
 
 #: One model's histograms: ``timings_ms`` (stage -> histogram), ``batch_size_hist``,
 #: ``frame_size_bytes``; as ``Compact`` inside, as ``Hist`` in :meth:`RetiredHistograms.sums`.

@@ -158,24 +158,27 @@ class ScalingTracker:
         self.policy = policy or ScalingPolicy()
         self._beats: dict[tuple[str, str], deque[_Beat]] = {}
         self._models: dict[str, _Model] = {}
+        self._seen: dict[str, Any] = {}  # worker -> the models of its heartbeat taken last
 
     def update(self, snap: ClusterSnapshot) -> None:
         start = snap.taken_at - self.policy.window_s
-        live: set[tuple[str, str]] = set()
+        seen = {w.name: w.models for w in snap.workers}
         for w in snap.workers:
+            if self._seen.get(w.name) is w.models:
+                continue  # the same heartbeat as before (views of it share its models)
             for model_id, entry in w.models.items():
                 key = (w.name, model_id)
-                live.add(key)
                 beats = self._beats.setdefault(key, deque())
-                beat = _Beat.of(w.updated_at, entry)
-                if beats and beat.at <= beats[-1].at:
+                if beats and w.updated_at <= beats[-1].at:
                     continue  # the same heartbeat as before
+                beat = _Beat.of(w.updated_at, entry)
                 if beats and beat.frames < beats[-1].frames:
                     beats.clear()  # the worker restarted: its counters began again
                 beats.append(beat)
                 while len(beats) > 2 and beats[0].at < start:
                     beats.popleft()
-        for key in set(self._beats) - live:
+        self._seen = seen
+        for key in [k for k in self._beats if k[1] not in seen.get(k[0], ())]:
             del self._beats[key]
         for model_id, q in snap.queues.items():
             m = self._models.setdefault(model_id, _Model())
@@ -187,8 +190,9 @@ class ScalingTracker:
     def _completed(self, model_id: str, workers: Sequence[str] | None = None) -> float | None:
         """Frames/s the model's workers completed over the window (each between its beats)."""
         rates = []
+        wanted = None if workers is None else set(workers)
         for (name, m), beats in self._beats.items():
-            if m != model_id or (workers is not None and name not in workers):
+            if m != model_id or (wanted is not None and name not in wanted):
                 continue
             if len(beats) >= 2 and beats[-1].at > beats[0].at:
                 rates.append((beats[-1].frames - beats[0].frames) / (beats[-1].at - beats[0].at))

@@ -55,6 +55,8 @@ class KernelTable:
 
     When a new name would exceed the cap, the row with the least total time is
     dropped (possibly the new one), so the table keeps the heaviest names.
+    ``version`` goes up with every change of the rows (the heartbeat republishes
+    the table only when it moved).
     """
 
     def __init__(self, max_names: int = 500) -> None:
@@ -62,6 +64,7 @@ class KernelTable:
             raise ValueError("max_names must be >= 1")
         self.max_names = max_names
         self.dropped = 0  # rows evicted by the cap
+        self.version = 0  # bumped by every add() that changed a row
         self._rows: dict[tuple[str, str], _Row] = {}
         self._lock = threading.Lock()
 
@@ -86,6 +89,7 @@ class KernelTable:
             row.calls, row.time_ms = row.calls + calls, row.time_ms + time_ms
             row.memory_mb += memory_mb
             row.last = max(row.last, at)
+            self.version += 1
             if len(self._rows) > self.max_names:
                 lightest = min(self._rows, key=lambda k: self._rows[k].time_ms)
                 del self._rows[lightest]

@@ -185,7 +185,8 @@ class WorkerRuntime:
             self.on_fatal(exc)
 
     def snapshot(self) -> dict[str, Any]:
-        """What the heartbeat publishes: who and where, GPU readings, models, counters, kernels."""
+        """What the heartbeat publishes: who and where, GPU readings, models, counters, and the
+        kernel tables' stamp (their rows go to a key of their own, ``workers/heartbeat.py``)."""
         return build_snapshot(self)
 
     # --------------------------------------------------------------- per frame

@@ -8,7 +8,10 @@ One JSON document per worker, the only thing the monitor needs from it:
   false with a reason when NVML cannot be read);
 - ``gpu_manager``: placements and measured memory;
 - ``models``: per model its state, version, device, memory, batch cap, counters,
-  stage-timing histograms, and kernel statistics from the profiler.
+  stage-timing histograms (as counts, ``workers.heartbeat.wire_stats``) and profiler
+  statistics;
+- ``kernels``: the stamp and row counts of the kernel tables, which the heartbeat
+  writes under a key of their own (:class:`workers.heartbeat.KernelIndex`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from framepool import keys
+from workers.heartbeat import KernelIndex, KernelTables, wire_stats
 
 if TYPE_CHECKING:
     from workers.runtime import WorkerRuntime
@@ -80,10 +84,9 @@ def build_snapshot(runtime: WorkerRuntime) -> dict[str, Any]:
             entry["max_batch_size"] = runner.max_batch_size
             entry["batch_cap"] = runner.cap.snapshot()
             entry["in_flight"] = runner.in_flight
-            entry["stats"] = stats
+            entry["stats"] = wire_stats(stats)
             if runner.profiler is not None:
                 entry["profiler"] = runner.profiler.stats()
-                entry["kernels"] = runner.profiler.table.top(HEARTBEAT_KERNELS)
         models[model_id] = entry
     return {
         "worker": runtime.name,
@@ -101,4 +104,20 @@ def build_snapshot(runtime: WorkerRuntime) -> dict[str, Any]:
         "gpu_manager": gpu_stats,
         "models": models,
         "totals": totals,
+        "kernels": kernel_index(runtime),
     }
+
+
+def kernel_index(runtime: WorkerRuntime) -> KernelIndex:
+    """The stamp and row counts of the worker's kernel tables; the rows when asked.
+
+    The stamp is the process, its start and the sum of the tables' versions: it moves
+    whenever a row changes and is never the same for two runs of a worker."""
+    tables = {m: r.profiler.table for m, r in runtime.runners.items() if r.profiler is not None}
+    version = sum(t.version for t in tables.values())
+    stamp = f"{os.getpid()}-{runtime.started_at:.6f}-{version}"
+
+    def rows() -> KernelTables:
+        return {m: t.top(HEARTBEAT_KERNELS) for m, t in tables.items()}
+
+    return KernelIndex(stamp, {m: min(len(t), HEARTBEAT_KERNELS) for m, t in tables.items()}, rows)

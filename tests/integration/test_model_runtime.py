@@ -34,6 +34,11 @@ def heartbeat(redis_url: str, worker: str) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
+def kernel_table(redis_url: str, worker: str) -> dict[str, Any] | None:
+    raw = redis.Redis.from_url(redis_url).get(keys.worker_kernels(worker))
+    return json.loads(raw) if raw else None
+
+
 def stream_job_ids(redis_url: str, camera: str, expect: int) -> Counter[str]:
     """Job ids on a camera's stream, once ``expect`` entries are there (or after 5 s)."""
     client = redis.Redis.from_url(redis_url)
@@ -166,8 +171,16 @@ def test_heartbeats_appear_update_and_expire(redis_url: str, start_worker) -> No
     assert b"hb@test" in client.smembers(keys.WORKERS)
     ttl = client.ttl(keys.worker_heartbeat("hb@test"))
     assert 0 < ttl <= keys.heartbeat_ttl(0.5)
-    w.stop(signal.SIGKILL)  # no clean-up: the key must expire on its own
+    # the kernel table under a key of its own, with the heartbeat's TTL and stamp
+    assert "kernels" not in hb["models"]["shape_detector"]
+    assert hb["kernels"]["rows"] == {"shape_detector": 0}  # nothing profiled yet
+    table = kernel_table(redis_url, "hb@test")
+    assert table is not None and table["models"] == {"shape_detector": []}
+    assert table["stamp"] == hb["kernels"]["stamp"]
+    assert 0 < client.ttl(keys.worker_kernels("hb@test")) <= keys.heartbeat_ttl(0.5)
+    w.stop(signal.SIGKILL)  # no clean-up: the keys must expire on their own
     wait_for(lambda: heartbeat(redis_url, "hb@test") is None, timeout=10)
+    wait_for(lambda: kernel_table(redis_url, "hb@test") is None, timeout=10)
 
 
 def test_profiling_every_n_batches_and_on_demand_shows_real_op_names(
@@ -199,9 +212,14 @@ def test_profiling_every_n_batches_and_on_demand_shows_real_op_names(
     def kernels() -> list[dict[str, Any]] | None:
         hb = heartbeat(redis_url, "prof@test")
         model = hb["models"]["shape_detector"] if hb else {}
-        return (
-            model.get("kernels") if model.get("profiler", {}).get("profiled_batches") == 2 else None
-        )
+        if model.get("profiler", {}).get("profiled_batches") != 2:
+            return None
+        table = kernel_table(redis_url, "prof@test")  # the rows live under a key of their own
+        if table is None or table["stamp"] != hb["kernels"]["stamp"]:  # type: ignore[index]
+            return None
+        rows: list[dict[str, Any]] = table["models"]["shape_detector"]
+        assert hb["kernels"]["rows"] == {"shape_detector": len(rows)}  # type: ignore[index]
+        return rows
 
     table = wait_for(kernels)
     names = {k["name"] for k in table}

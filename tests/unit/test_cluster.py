@@ -382,12 +382,15 @@ def test_gone_workers_are_forgotten_after_ten_minutes(tmp_path: Path) -> None:
     assert [w.name for w in reader.read().workers] == ["dead@h"]
 
 
-def test_read_takes_three_round_trips_for_40_workers_then_two(tmp_path: Path) -> None:
-    executes = []
+def test_read_takes_three_round_trips_for_40_workers_then_one(tmp_path: Path) -> None:
+    executes: list[int | str] = []
 
     class Counting(fakeredis.FakeRedis):
+        fetched_last: list[str] = []
+
         def mget(self, *a: Any, **k: Any) -> Any:
             executes.append("mget")
+            self.fetched_last = sorted(k_.rpartition(":")[2] for k_ in a[0])
             return super().mget(*a, **k)
 
         def pipeline(self, *a: Any, **k: Any) -> Any:
@@ -409,10 +412,44 @@ def test_read_takes_three_round_trips_for_40_workers_then_two(tmp_path: Path) ->
     reader = ClusterReader(client, settings(tmp_path), clock=Clock())
     snap = reader.read()
     assert len(snap.workers) == 40 and snap.models["m0"].frames == 40 * 20
-    # SMEMBERS x2; GETRANGE of each heartbeat + every queue command; MGET of the new ones
-    assert executes == [2, 40 + 6 * (2 * 4 + 1), "mget"]  # 5 served models, 1 manifest
-    reader.read()
-    assert executes[3:] == [2, 40 + 6 * (2 * 4 + 1)]  # no heartbeat changed: no MGET
+    # a new reader: SMEMBERS x2; MGET of the (new) heartbeats; all 4 lists of each model
+    assert executes == [2, "mget", 6 * (2 * 4 + 1)]  # 5 served models, 1 manifest
+    reader.read()  # SMEMBERS x2, GETRANGE of each heartbeat and the queue commands at once:
+    # LLEN, LINDEX of each queue, HGETALL of its drops, one EXISTS of the priority sub-lists
+    assert executes[3:] == [2 + 40 + 6 * 3 + 1]  # no heartbeat changed: no MGET
+    publish(client, heartbeat("w7@h", "h", {m: model_entry(m) for m in models}, updated_at=NOW))
+    publish(client, heartbeat("w40@h", "h", {"m9": model_entry("m9")}))
+    snap = reader.read()
+    assert len(snap.workers) == 41 and snap.queues["m9"].depth == 0
+    # the known ones at once; MGET of the changed and the new heartbeat; a new model's queues
+    assert executes[4:] == [2 + 40 + 6 * 3 + 1, "mget", 2 * 4 + 1]
+    assert client.fetched_last == ["w40@h", "w7@h"]
+
+
+def test_priority_sub_lists_are_read_while_they_hold_frames(tmp_path: Path) -> None:
+    client = fakeredis.FakeRedis()
+    client.sadd(keys.SERVED_MODELS, "m")
+    main, sub3, sub6, _ = keys.queue_lists("m")
+    client.lpush(main, kombu_message({"enqueued_at": NOW - 2.0}))
+    clock = Clock()
+    reader = ClusterReader(client, settings(tmp_path), clock=clock)
+    assert reader.read().queues["m"].depth == 1
+    assert reader.read().queues["m"].oldest_age_s == pytest.approx(2.0)
+    client.lpush(sub6, kombu_message({"enqueued_at": NOW - 9.0}), b"garbage")
+    q = reader.read().queues["m"]  # EXISTS counted one: read in a second round trip
+    assert (q.depth, q.oldest_age_s) == (3, pytest.approx(9.0))
+    client.lpush(sub3, kombu_message({"enqueued_at": NOW - 1.0}))
+    q = reader.read().queues["m"]  # sub6 read directly now, sub3 found by EXISTS
+    assert (q.depth, q.oldest_age_s) == (4, pytest.approx(9.0))
+    client.delete(sub6)
+    client.rpop(main)
+    q = reader.read().queues["m"]
+    assert (q.depth, q.oldest_age_s) == (1, pytest.approx(1.0))
+    client.delete(sub3)
+    q = reader.read().queues["m"]
+    assert (q.depth, q.oldest_age_s) == (0, None)
+    client.lpush(sub3, kombu_message({"enqueued_at": NOW - 4.0}))
+    assert reader.read().queues["m"].oldest_age_s == pytest.approx(4.0)
 
 
 def test_unreachable_redis_raises_redis_error(tmp_path: Path) -> None:
