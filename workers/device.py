@@ -18,6 +18,12 @@ def pin_device(device: str) -> str:
     """
     if "torch" in __import__("sys").modules:
         raise RuntimeError("pin_device must run before torch is imported")
+    # torch's OpenMP threads spin after each parallel region by default, on a core
+    # the worker's consumer, decode and runner threads (and Redis) need: on 2 cores
+    # at 10 frames/s that made shape_detector's forward 2-6x slower and the
+    # producer's round-trip p99 ~45 ms instead of ~15 (docs/benchmarks.md). A
+    # value the user set is kept.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if device == "cpu":
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
         return "cpu"
