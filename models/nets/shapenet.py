@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import TypeVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -88,38 +89,37 @@ def decode(
     threshold: float = 0.3,
     max_detections: int = 50,
 ) -> list[list[Detection]]:
-    """Heatmap peaks above ``threshold`` as boxes in each frame's pixels.
+    """Heatmap peaks above ``threshold`` as boxes in each frame's pixels, best first,
+    at most ``max_detections`` per frame.
 
-    Shapes never overlap, so NMS is class-agnostic: one label per peak.
+    Shapes never overlap, so NMS is class-agnostic: one label per peak. In numpy:
+    the heatmaps are small (3 x 30 x 40 at 160x120) and torch's per-op overhead
+    made this ~0.5 ms per frame, most of the frame's postprocess time.
     """
-    raw = raw.float()
-    n, _, out_h, out_w = raw.shape
-    heat = torch.sigmoid(raw[:, :num_classes])
+    out = raw.detach().float().cpu().numpy()
+    n, _, out_h, out_w = out.shape
+    heat = 1.0 / (1.0 + np.exp(-out[:, :num_classes]))
     # class-agnostic 3x3 NMS: a peak beats every class in its neighbourhood
-    best = F.max_pool2d(heat.amax(dim=1, keepdim=True), 3, stride=1, padding=1)
-    peaks = heat * (heat == best)
-    k = min(max_detections, num_classes * out_h * out_w)
-    scores, flat = peaks.reshape(n, -1).topk(k, dim=1)
-    cls = flat // (out_h * out_w)
-    cell = flat % (out_h * out_w)
-    ys, xs = cell // out_w, cell % out_w
-    reg = raw[:, num_classes:].reshape(n, 4, -1)
-    index = cell[:, None, :].expand(n, 4, k)
-    log_w, log_h, dx, dy = reg.gather(2, index).unbind(1)
-    cx, cy = xs + dx, ys + dy
-    w, h = log_w.clamp(max=8).exp(), log_h.clamp(max=8).exp()
-    boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=2)
-    keep = scores >= threshold
+    top = np.pad(heat.max(axis=1), ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+    best = top[:, :out_h, :out_w].copy()
+    for dy in range(3):
+        for dx in range(3):
+            np.maximum(best, top[:, dy : dy + out_h, dx : dx + out_w], out=best)
     results: list[list[Detection]] = []
-    rows = zip(scores.tolist(), cls.tolist(), boxes.tolist(), keep.tolist(), strict=True)
-    for (sc, cl, bx, kp), (width, height) in zip(rows, sizes, strict=True):
+    for i, (width, height) in enumerate(sizes):
+        cls, ys, xs = np.nonzero((heat[i] >= threshold) & (heat[i] == best[i][None]))
+        scores = heat[i, cls, ys, xs]
+        order = np.argsort(-scores, kind="stable")[:max_detections]
+        cls, ys, xs, scores = cls[order], ys[order], xs[order], scores[order]
+        log_w, log_h, dx, dy = out[i, num_classes : num_classes + 4, ys, xs].T
+        w, h = np.exp(np.minimum(log_w, 8.0)), np.exp(np.minimum(log_h, 8.0))
+        cx, cy = xs + dx, ys + dy
         sx, sy = width / out_w, height / out_h
-        frame = []
-        for s, c, b, ok in zip(sc, cl, bx, kp, strict=True):
-            if not ok:
-                break  # scores are sorted
-            x1, y1 = min(max(b[0] * sx, 0.0), width), min(max(b[1] * sy, 0.0), height)
-            x2, y2 = min(max(b[2] * sx, 0.0), width), min(max(b[3] * sy, 0.0), height)
-            frame.append(Detection(int(c), float(s), (x1, y1, x2, y2)))
-        results.append(frame)
+        x1 = np.clip((cx - w / 2) * sx, 0.0, width)
+        y1 = np.clip((cy - h / 2) * sy, 0.0, height)
+        x2 = np.clip((cx + w / 2) * sx, 0.0, width)
+        y2 = np.clip((cy + h / 2) * sy, 0.0, height)
+        rows = zip(cls.tolist(), scores.tolist(), x1.tolist(), y1.tolist(), x2.tolist(),
+                   y2.tolist(), strict=True)  # fmt: skip
+        results.append([Detection(c, s, (a, b, e, f)) for c, s, a, b, e, f in rows])
     return results
