@@ -12,7 +12,7 @@ each worker every ``HEARTBEAT_INTERVAL_SECONDS`` (5 s), staggered. Three figures
   Starlette's ``TestClient``), a fresh snapshot (``refresh()``) before each scrape,
   as Prometheus sees one every 15 s; and the output's size;
 - (c) CPU of the monitor process per second of wall time: ``python -m
-  benchmarks.monitor_serve`` (the real app under uvicorn, real 1 Hz poll loop)
+  benchmarks.monitor_serve`` (the real app under uvicorn, its real poll loop)
   scraped every 15 s over HTTP, split into poll, WebSocket message, scrapes and
   the rest; beside it, the same process with one dashboard WebSocket client,
   and one over an empty Redis database (the baseline: a monitor with no workers).
@@ -339,6 +339,7 @@ def main(duration: float, repeats: int, reads: int, out: Path, started: float) -
             "queued_frames": queued,
             "queued_at_end": depth,
             "poll_interval_s": settings.monitor_poll_interval_seconds,
+            "idle_poll_interval_s": settings.monitor_idle_poll_interval_seconds,
             "scrape_interval_s": SCRAPE_INTERVAL_S,
             "duration_s": duration,
             "repeats": repeats,

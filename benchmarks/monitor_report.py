@@ -63,7 +63,7 @@ It writes `benchmarks/results/monitor.json` and rewrites the block below.
   {GOALS["b_render"]:g} ms.
 - **(c) CPU of the monitor process per second of wall time**: `python -m
   benchmarks.monitor_serve` is `framepool monitor` (the app under uvicorn, its
-  1 Hz poll loop) plus CPU accounting: `time.thread_time` around
+  poll loop: every second while watched, every 5 s when nobody looks) plus CPU accounting: `time.thread_time` around
   `MonitorState.refresh` (*poll*: `read()` and the alert rules) and around
   `responses.stream_message` (*ws*: the WebSocket message), and an endpoint
   that answers `time.process_time()`. `GET /metrics` over HTTP every 15 s; the
@@ -117,7 +117,7 @@ def build_figures(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
                               cpu["scrape_ms"])  # fmt: skip
     idle = [r["cpu_percent"] for r in cpu["idle"]]
     for key, name, label in (
-        ("c_cpu", "cluster", "(c) monitor CPU, 1 Hz poll + scrape every 15 s"),
+        ("c_cpu", "cluster", "(c) monitor CPU, scrape every 15 s, no dashboard"),
         ("c_cpu_ws", "cluster_ws", "(c') the same with one dashboard (WebSocket) client"),
     ):
         runs = [r["cpu_percent"] for r in cpu[name]]
@@ -190,7 +190,9 @@ def latest_block(report: dict[str, Any]) -> str:
         f"{cfg['models_per_worker']} models each, {cfg['kernels_per_model']} kernel rows per model, "
         f"heartbeat {cfg['heartbeat_bytes'] / 1024:.0f} KB rewritten every "
         f"{cfg['heartbeat_interval_s']:g} s{_table(cfg)}; {cfg['queued_frames']} queued frames; "
-        f"poll every {cfg['poll_interval_s']:g} s, scrape every {cfg['scrape_interval_s']:g} s; "
+        f"poll every {cfg['poll_interval_s']:g} s while watched (a WebSocket client, or a "
+        f"request in the last two polls), every {cfg.get('idle_poll_interval_s', cfg['poll_interval_s']):g} s "
+        f"otherwise, scrape every {cfg['scrape_interval_s']:g} s; "
         f"{cfg['reads']} reads for (a), {len(b['runs'])} scrapes for (b), "
         f"{cfg['repeats']} x {cfg['duration_s']:g} s for (c)",
         "",

@@ -148,6 +148,9 @@ class Settings(BaseSettings):
     ws_max_message_bytes: int = Field(4096, ge=64)  # what a client may send (filters)
     ws_send_timeout_seconds: float = Field(2.0, gt=0)  # a slower client is dropped
     monitor_poll_interval_seconds: float = Field(1.0, gt=0)
+    # while nobody looks (no WebSocket client, no API or /metrics request in the last
+    # two polls) the monitor reads Redis this often instead (workers write every 5 s)
+    monitor_idle_poll_interval_seconds: float = Field(5.0, gt=0)
     alert_webhook_url: str | None = None
     alert_gpu_utilization_percent: float = Field(90.0, gt=0, le=100)
     alert_gpu_utilization_for_seconds: float = Field(30.0, ge=0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -73,6 +74,8 @@ class MonitorState:
         self.started = time.monotonic()
         self.redis_ok = False
         self.polls = 0
+        self.demand_at = 0.0  # monotonic time of the last API or /metrics read
+        self._refreshing = threading.Lock()
         self.hub = StreamHub(
             settings.ws_max_connections,
             settings.ws_max_message_bytes,
@@ -89,6 +92,7 @@ class MonitorState:
         return time.monotonic() - self.started
 
     def current(self) -> ClusterSnapshot:
+        self.demand_at = time.monotonic()
         if self.snapshot is None:
             self.refresh()
         assert self.snapshot is not None
@@ -96,14 +100,24 @@ class MonitorState:
 
     def refresh(self) -> list[Alert]:
         """Read Redis, evaluate the alert rules; the alerts that fired or resolved."""
-        snap = self.reader.read()
-        changed = self.alerts.evaluate(snap)
-        self.previous, self.snapshot = self.snapshot, snap
-        self.rates.update(snap)
-        self.scaling.update(snap)
-        self.redis_ok = True
-        self.polls += 1
-        return changed
+        with self._refreshing:  # the poller's thread, or a first request's
+            snap = self.reader.read()
+            changed = self.alerts.evaluate(snap)
+            self.previous, self.snapshot = self.snapshot, snap
+            self.rates.update(snap)
+            self.scaling.update(snap)
+            self.redis_ok = True
+            self.polls += 1
+            return changed
+
+    def poll_delay(self) -> float:
+        """``MONITOR_POLL_INTERVAL_SECONDS`` while someone looks (a WebSocket client, or an
+        API or /metrics read within the last two polls), else the idle interval: a
+        monitor nobody watches need not parse every heartbeat the second it changes."""
+        fast = self.settings.monitor_poll_interval_seconds
+        idle = max(fast, self.settings.monitor_idle_poll_interval_seconds)
+        watched = self.hub.clients or time.monotonic() - self.demand_at < 2 * fast
+        return fast if watched else idle
 
     async def poll_forever(self) -> None:
         delay = self.settings.monitor_poll_interval_seconds
@@ -126,7 +140,11 @@ class MonitorState:
                 log.info("monitor_redis_recovered", after_failures=failures)
             failures = 0
             self.hub.publish(self._message_builder(changed))
-            await asyncio.sleep(delay)
+            # sleep in steps of the fast interval, so a client that comes is served at once
+            waited = 0.0
+            while waited < self.poll_delay():
+                await asyncio.sleep(delay)
+                waited += delay
 
     def _message_builder(self, changed: list[Alert]) -> Callable[[], dict[str, Any]]:
         """What builds this poll's WebSocket message (only if some client wants it)."""
