@@ -41,7 +41,9 @@ def test_redis_memory_counts_every_queued_frame_and_cleans_up(redis_url: str) ->
         claimed = points["claim check"]
         assert claimed["claim_check"] and claimed["frame_key_bytes"] == claimed["jpeg_bytes"]
         assert claimed["message_bytes"] < 4096  # metadata only
-        assert claimed["used_bytes_per_frame"] < inline["used_bytes_per_frame"]
+        # MEMORY USAGE of the keys: used_memory's delta over 6 frames is at the mercy
+        # of the allocator and client buffers (it swung by ~10 KB per frame here)
+        assert claimed["stored_bytes_per_frame"] < inline["stored_bytes_per_frame"]
     # nothing left behind, and the server's setting is restored
     assert sum(client.llen(name) for name in keys.queue_lists(MODEL)) == 0
     assert not list(client.scan_iter(match=f"{keys.PREFIX}:frame:*"))

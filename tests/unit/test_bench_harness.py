@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import pipeline
+from benchmarks import pipeline, pipeline_report
 from benchmarks.harness import median, percentile, ratio, steady_rate
 
 
@@ -99,11 +99,11 @@ def _report() -> dict[str, Any]:
 
 
 def test_update_docs_appends_history_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pipeline, "latest_block", lambda report: f"latest {report['date']}")
+    monkeypatch.setattr(pipeline_report, "latest_block", lambda report: f"latest {report['date']}")
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\nprose stays\n", encoding="utf-8")
-    pipeline.update_docs(_report(), doc)
-    pipeline.update_docs(_report(), doc)
+    pipeline_report.update_docs(_report(), doc)
+    pipeline_report.update_docs(_report(), doc)
     text = doc.read_text(encoding="utf-8")
     assert text.startswith("# Benchmarks\n\nprose stays\n")
     assert text.count("latest 2030-01-01 00:00 UTC") == 1  # replaced, not appended
@@ -126,12 +126,13 @@ def test_two_worker_figure_is_a_ratio_against_one_plain_process() -> None:
         "plain_threads": [run(168), run(168), run(168)],
         "plain_latency": [lat],
     }
-    figs = pipeline.build_figures(res, noop)
+    figs = pipeline_report.build_figures(res, noop)
     two = figs["b_two"]
     assert two["median"] == 340 and two["baseline_median"] == 165
     assert two["ratio"] == pytest.approx(340 / 165, rel=1e-3) and two["met"] is True
     assert figs["b_solo"]["ratio"] == pytest.approx(255 / 165, rel=1e-3)
     assert figs["b_solo"]["met"] is True  # 1.545 >= 1.5
-    row = pipeline.history_row({**_report(), "figures": {**_report()["figures"], "b_two": two}})
+    report = {**_report(), "figures": {**_report()["figures"], "b_two": two}}
+    row = pipeline_report.history_row(report)
     assert "340.0 / 165.0 = 2.061x" in row
-    assert row.count("|") == pipeline.HISTORY_HEADER.splitlines()[0].count("|")
+    assert row.count("|") == pipeline_report.HISTORY_HEADER.splitlines()[0].count("|")
