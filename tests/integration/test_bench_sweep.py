@@ -31,7 +31,8 @@ def test_redis_memory_counts_every_queued_frame_and_cleans_up(redis_url: str) ->
         # the frame is in Redis once, whichever way it travels, and the rest is small
         assert p["payload_bytes"] >= p["jpeg_bytes"]
         assert p["stored_bytes_per_frame"] >= p["payload_bytes"]
-        assert p["used_bytes_per_frame"] >= p["jpeg_bytes"]
+        # (used_memory's delta is reported but not checked: over 6 frames on a shared
+        # Redis it moved between 464 and ~30,000 bytes per frame in CI runs)
     inline = points["in message"]
     assert not inline["claim_check"] and inline["frame_key_bytes"] == 0
     # kombu's Redis transport stores the msgpack body base64-encoded in its envelope
