@@ -183,12 +183,16 @@ class ResultWriter:
         self._append = client.register_script(_APPEND)
 
     def write(self, results: Iterable[Mapping[str, Any]]) -> set[str]:
-        """Write ``results``; the job ids that had been written before (duplicates)."""
+        """Write ``results``; the job ids that had been written before (duplicates).
+
+        A batch's frames were decoded by several threads and reach the runner in the
+        order their decodes ended; they are written in the order they were enqueued,
+        so two frames of a camera in one batch appear on its stream in seq order."""
         script_keys: list[str] = []
         args: list[Any] = [self.maxlen, self.ttl_s]
         drops: Counter[tuple[str, str]] = Counter()
         models: dict[str, str] = {}
-        for r in results:
+        for r in sorted(results, key=lambda r: float(r.get("enqueued_at") or 0.0)):
             reason = drop_reason(r)
             if reason is not None:
                 drops[(r["model_id"], reason)] += 1

@@ -138,3 +138,20 @@ def test_follow_yields_results_written_after_it_started(redis_url: str) -> None:
     writer.write([_result("det", 2, time.time(), "after")])
     got = wait_for(lambda: next(stream), timeout=5)
     assert got.raw["job_id"] == "after" and not got.late
+
+
+def test_one_batch_is_written_in_enqueue_order(redis_url: str) -> None:
+    """Decode threads hand a batch's frames to the runner in the order they finish:
+    the stream still gets a camera's frames of one batch in the order they were sent."""
+    client = redis.Redis.from_url(redis_url)
+    writer = ResultWriter(client, maxlen=1000)
+    t = time.time()
+    batch = [_result("det", 2, t + 2, "two"), _result("det", 0, t, "zero"),
+             _result("det", 1, t + 1, "one")]  # fmt: skip
+    assert writer.write(batch) == set()
+    entries = CameraResults(client, "cam-order").recent(10)
+    assert [(r.raw["job_id"], r.late) for r in entries] == [
+        ("zero", False),
+        ("one", False),
+        ("two", False),
+    ]
