@@ -11,8 +11,11 @@ periodic sweep delivers them again after ``VISIBILITY_TIMEOUT_SECONDS``, while
 the worker reconnects and goes on.
 
 Also, for speed: the synchronous Redis client is built once per connection pool
-instead of once per command (:class:`Channel`), and the unacked index is written
-and acked with plain pipelines instead of MULTI/EXEC (:meth:`QoS.pipe_or_acquire`).
+instead of once per command (:class:`Channel`), the unacked index is written
+and acked with plain pipelines instead of MULTI/EXEC (:meth:`QoS.pipe_or_acquire`),
+and a delivery's unacked-index write happens just after the message is handed
+to Celery instead of just before (:meth:`Channel.basic_consume`), so its round
+trip overlaps the task's start instead of delaying it.
 
 ``celeryconfig`` selects this transport with ``broker_transport``; the broker
 URL stays a plain ``redis://`` (or ``rediss://``) URL.
@@ -21,10 +24,12 @@ URL stays a plain ``redis://`` (or ``rediss://``) URL.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
 
 from framepool.log import get_logger
 
@@ -37,9 +42,61 @@ TRANSPORT = "framepool.broker:Transport"
 class QoS(kombu_redis.QoS):
     """Restores, acks and rejects that arrive after the connection is gone are left
     to Redis: the messages stay in its unacked set and are delivered again after
-    VISIBILITY_TIMEOUT_SECONDS (a frame that had finished is not written twice)."""
+    VISIBILITY_TIMEOUT_SECONDS (a frame that had finished is not written twice).
+
+    A consumed message is registered here (:meth:`append`, local only) before Celery
+    sees it, and written to Redis's unacked index (:meth:`write_unacked`) once
+    Celery has handed it to the pool. kombu writes first; the window in which a
+    killed worker loses a message it has popped (BRPOP to index written) is the
+    same round trip either way. A task that acks or rejects before its index
+    entry is written (or while it is being written) is handled: an ack before the
+    write means nothing is written, a requeue before it puts the message back from
+    memory, and one during it waits for the write to land first."""
 
     _delivered: Any  # an OrderedDict once the QoS exists (kombu declares it None)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lock = threading.Lock()
+        #: delivery tag -> None (index not written yet) or an Event (being written)
+        self._unwritten: dict[Any, threading.Event | None] = {}
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        with self._lock:
+            self._unwritten[delivery_tag] = None
+        virtual.QoS.append(self, message, delivery_tag)
+
+    def write_unacked(self, message: Any, delivery_tag: Any) -> None:
+        """Write a registered delivery to Redis's unacked index (ZADD + HSET), unless it
+        was acked or rejected meanwhile."""
+        with self._lock:
+            if delivery_tag not in self._unwritten:
+                return  # settled before its entry was written: nothing to write
+            done = self._unwritten[delivery_tag] = threading.Event()
+        written = False
+        try:
+            kombu_redis.QoS.append(self, message, delivery_tag)  # kombu's write
+            written = True
+        finally:
+            with self._lock:
+                if written:
+                    del self._unwritten[delivery_tag]
+                else:  # still only in memory: a close restores it from there
+                    self._unwritten[delivery_tag] = None
+            done.set()
+
+    def _settle_unwritten(self, delivery_tag: Any) -> bool:
+        """True when ``delivery_tag``'s index entry was never written (it never will be
+        now); waits for a write in progress to land first."""
+        while True:
+            with self._lock:
+                if delivery_tag not in self._unwritten:
+                    return False
+                writing = self._unwritten[delivery_tag]
+                if writing is None:
+                    del self._unwritten[delivery_tag]
+                    return True
+            writing.wait()  # then look again: a failed write leaves it unwritten
 
     @contextlib.contextmanager
     def pipe_or_acquire(self, pipe: Any = None, client: Any = None) -> Iterator[Any]:
@@ -59,6 +116,8 @@ class QoS(kombu_redis.QoS):
         return connection is None or connection.client is None
 
     def restore_unacked(self, client: Any = None) -> Any:
+        for tag in [t for t in list(self._delivered) if self._settle_unwritten(t)]:
+            self._restore_from_memory(self._delivered.pop(tag), client)
         if client is None and self._gone():
             log.warning(
                 "unacked_restore_deferred",
@@ -70,7 +129,21 @@ class QoS(kombu_redis.QoS):
             return []
         return super().restore_unacked(client)
 
+    def _restore_from_memory(self, message: Any, client: Any = None) -> None:
+        """Put back a delivery whose unacked entry was never written (kombu restores from
+        that entry, so it would drop the message)."""
+        if client is None and self._gone():
+            return  # the pool is gone with the connection; the task still runs
+        info = message.delivery_info
+        with self.channel.conn_or_acquire(client) as conn:
+            self.channel._do_restore_message(
+                message._raw, info["exchange"], info["routing_key"], conn, leftmost=True
+            )
+
     def ack(self, delivery_tag: Any) -> None:
+        if self._settle_unwritten(delivery_tag):
+            virtual.QoS.ack(self, delivery_tag)  # nothing in Redis to remove
+            return
         if self._gone():
             log.warning("ack_deferred", reason="broker connection lost")
             self._delivered.pop(delivery_tag, None)
@@ -78,6 +151,11 @@ class QoS(kombu_redis.QoS):
         super().ack(delivery_tag)
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        if self._settle_unwritten(delivery_tag):
+            if requeue:
+                self._restore_from_memory(self._delivered[delivery_tag])
+            virtual.QoS.ack(self, delivery_tag)
+            return
         if self._gone():
             log.warning("reject_deferred", reason="broker connection lost", requeue=requeue)
             self._delivered.pop(delivery_tag, None)
@@ -105,6 +183,34 @@ class Channel(kombu_redis.Channel):
         if client is None or client.connection_pool is not pool:
             client = self._sync_client = super()._create_client()
         return client
+
+    def basic_consume(
+        self,
+        queue: str,
+        no_ack: bool,
+        callback: Callable[[Any], Any],
+        consumer_tag: str,
+        **kwargs: Any,
+    ) -> Any:
+        """kombu registers each message (:meth:`QoS.append`, now local) and calls
+        ``callback``; the unacked-index write follows the callback (Celery has then
+        handed the task to the pool), off the path between BRPOP and the task's start."""
+        if no_ack:
+            return super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
+
+        def then_write_unacked(message: Any) -> Any:
+            try:
+                return callback(message)
+            finally:
+                self.qos.write_unacked(message, message.delivery_tag)
+
+        return super().basic_consume(queue, no_ack, then_write_unacked, consumer_tag, **kwargs)
+
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        message = super().basic_get(queue, no_ack=no_ack, **kwargs)
+        if message is not None and not no_ack:
+            self.qos.write_unacked(message, message.delivery_tag)
+        return message
 
 
 class Transport(kombu_redis.Transport):

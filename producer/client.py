@@ -345,6 +345,14 @@ class FrameProducer:
                         argsrepr=item.argsrepr,
                         kwargsrepr="{}",
                         producer=producer,
+                        # The worker writes the result itself and FrameHandle waits on
+                        # our own listener: Celery's SUBSCRIBE to the task's result
+                        # channel (and UNSUBSCRIBE when its AsyncResult goes) would
+                        # only cost two round trips per frame.
+                        ignore_result=True,
+                        # The anonymous direct exchange LPUSHes onto the queue's list:
+                        # nothing to declare, so kombu's per-publish check is skipped.
+                        declare=(),
                     )
         except (redis.RedisError, OSError) as exc:
             raise BrokerUnavailable(f"cannot enqueue: Redis unreachable: {exc}") from exc

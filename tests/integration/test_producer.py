@@ -74,6 +74,26 @@ def test_submit_many_enqueues_everything_in_order(settings: Settings) -> None:
     assert len({h.correlation_id for h in handles}) == len(frames)  # generated, distinct
 
 
+def test_submit_costs_no_result_subscription(settings: Settings) -> None:
+    """Celery's send_task subscribes to each task's result channel (and unsubscribes when
+    its AsyncResult goes); framepool's handles wait on their own listener instead."""
+    client = redis.Redis.from_url(settings.redis_url)
+    with FrameProducer(settings) as p:
+        handles = p.submit_many(
+            [
+                {"model_id": MODEL, "frame": jpeg(32, 32), "camera_id": "c", "seq": i}
+                for i in range(3)
+            ]
+        )
+        handles.append(p.submit(MODEL, jpeg(32, 32), camera_id="c", seq=3))
+        channels = [f"celery-task-meta-{h.job_id}" for h in handles]
+        assert [n for _, n in client.pubsub_numsub(*channels)] == [0, 0, 0, 0]
+        assert client.pubsub_channels("celery-task-meta-*") == []
+    msgs = queued(settings.redis_url)
+    assert [m["headers"]["id"] for m in msgs] == [h.job_id for h in handles]
+    assert all(m["headers"]["ignore_result"] is True for m in msgs)  # the worker ignores it too
+
+
 def test_arrays_are_encoded_as_jpeg_before_enqueue(settings: Settings) -> None:
     with FrameProducer(settings) as p:
         p.submit(MODEL, np.zeros((120, 160, 3), np.uint8))
