@@ -40,20 +40,21 @@ def main() -> None:
 @click.option("--name", help="worker name [<device>-1@<host>]")
 def worker(device: str, models_: str, concurrency: int | None, name: str | None) -> None:
     """One worker process pinned to one device, consuming its models' queues."""
-    from workers.device import pin_device  # no torch: the pin must come first
+    from workers.device import cpu_wait_policy, pin_device  # no torch: the pin comes first
 
-    try:
-        pinned = pin_device(device)
-    except FramepoolError as exc:
-        fail(str(exc))
     settings = load_settings()
-    from framepool.log import configure_logging
-
-    configure_logging(settings)
     model_ids = split_list(models_)
     if not model_ids:
         fail("--models needs at least one model id")
-    check_models(settings, model_ids)
+    manifests = check_models(settings, model_ids)
+    waits = [manifests[m].cpu_wait for m in model_ids]
+    try:
+        pinned = pin_device(device, cpu_wait_policy(settings.cpu_wait_policy, waits))
+    except FramepoolError as exc:
+        fail(str(exc))
+    from framepool.log import configure_logging
+
+    configure_logging(settings)
     require_redis(settings)
     from workers.main import run_worker
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
 from framepool.errors import UnknownModel
 from framepool.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from framepool.manifest import ModelManifest
 
 EXIT_BAD_INPUT = 2
 EXIT_UNAVAILABLE = 3
@@ -32,7 +35,8 @@ def split_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def check_models(settings: Settings, model_ids: list[str]) -> None:
+def check_models(settings: Settings, model_ids: list[str]) -> dict[str, ModelManifest]:
+    """The models' manifests; a clear exit when one is unknown or broken."""
     from framepool.manifest import discover
 
     known, errors = discover(settings.models_root)
@@ -41,6 +45,7 @@ def check_models(settings: Settings, model_ids: list[str]) -> None:
             fail(f"model {m!r} has a broken manifest: {errors[m]}")
         if m not in known:
             fail(str(UnknownModel(m, list(known))))
+    return {m: known[m] for m in model_ids}
 
 
 def require_redis(settings: Settings) -> None:

@@ -10,6 +10,7 @@ monitor can list models too.
     labels = ["circle", "square", "triangle"]
     max_batch_size = 32
     memory_mb = 40                        # estimate; the worker measures too
+    cpu_wait = "passive"                  # or "spin": see workers/device.py
     [weights]
     file = "weights.pt"
     sha256 = "..."
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import tomllib
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -41,6 +43,11 @@ class ModelManifest(BaseModel):
     labels: list[str] = Field(default_factory=list)
     max_batch_size: int = Field(32, ge=1)
     memory_mb: float = Field(0.0, ge=0)
+    # How torch's CPU threads wait between parallel regions when this model runs on
+    # a CPU (CPU_WAIT_POLICY=auto): "spin" suits forward passes of tens of ms (the
+    # threads stay awake between layers), "passive" small ones (they sleep at once
+    # and leave the cores to decode and Redis). workers/device.py has the figures.
+    cpu_wait: Literal["passive", "spin"] = "passive"
     description: str = ""
     weights: Weights | None = None
     path: Path = Path(".")

@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     enable_gpu: bool = True
     gpu_memory_reserve_mb: float = Field(512.0, ge=0)
     gpu_fallback_to_cpu: bool = True
+    # torch's OpenMP threads between parallel regions: "passive" sleeps at once,
+    # "spin" stays awake ~0.3 ms (GOMP_SPINCOUNT), "auto" spins when a served
+    # model's manifest says cpu_wait = "spin". OMP_WAIT_POLICY, GOMP_SPINCOUNT or
+    # KMP_BLOCKTIME set in the environment win over this.
+    cpu_wait_policy: Literal["auto", "passive", "spin"] = "auto"
 
     # --- metrics / observability ---
     metrics_enabled: bool = True
