@@ -130,6 +130,17 @@ def test_frames(
 
 
 # ---------------------------------------------------------------------- machine
+def report_head(report: Mapping[str, Any]) -> list[str]:
+    """The first lines of a benchmark's latest-run block in docs/benchmarks.md: when,
+    with which command, on what machine (each report adds its own details)."""
+    m = report["machine"]
+    return [
+        f"Run {report['date']} — `{report['command']}` — {report['runtime_s']:.0f} s in all.",
+        "",
+        f"- machine: {m['nproc']} CPUs, {m['cpu']} ({m['platform']})",
+    ]
+
+
 def machine_info() -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     try:

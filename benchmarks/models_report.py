@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import ROOT, update_doc_section
+from benchmarks.harness import ROOT, report_head, update_doc_section
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench-models:latest:begin -->", "<!-- bench-models:latest:end -->"
@@ -139,10 +139,8 @@ def latest_block(report: dict[str, Any]) -> str:
     m, cfg = report["machine"], report["config"]
     v = m["versions"]
     lines = [
-        f"Run {report['date']} — `{report['command']}` — {report['runtime_s']:.0f} s in all.",
-        "",
+        *report_head(report),
         f"- device: {_device_line(report)}",
-        f"- machine: {m['nproc']} CPUs, {m['cpu']} ({m['platform']})",
         f"- versions: Python {v['python']}, torch {v['torch']}, numpy {v['numpy']}",
         f"- {cfg['repeats']} repeats of >= {cfg['min_repeat_s']:g} s after "
         f"{cfg['warmup_calls']} warm-up call(s); dtypes {', '.join(cfg['dtypes'])}",

@@ -10,7 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import ROOT, median, percentile, ratio, update_doc_section
+from benchmarks.harness import (
+    ROOT,
+    median,
+    percentile,
+    ratio,
+    report_head,
+    update_doc_section,
+)
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 MARKS = (
@@ -182,9 +189,7 @@ def latest_block(report: dict[str, Any]) -> str:
     b = f["b_render"]
     busy = cpu.get("machine_busy_cpus", [])
     return "\n".join([
-        f"Run {report['date']} — `{report['command']}` — {report['runtime_s']:.0f} s in all.",
-        "",
-        f"- machine: {m['nproc']} CPUs, {m['cpu']} ({m['platform']})",
+        *report_head(report),
         f"- versions: Python {v['python']}, redis-py {v['redis']}, redis-server {v['redis-server']}",
         f"- cluster: {cfg['workers']} workers on {cfg['gpus']} GPUs ({cfg['hosts']} hosts), "
         f"{cfg['models_per_worker']} models each, {cfg['kernels_per_model']} kernel rows per model, "

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import ROOT, median, ratio, update_doc_section
+from benchmarks.harness import ROOT, median, ratio, report_head, update_doc_section
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench-peers:latest:begin -->", "<!-- bench-peers:latest:end -->"
@@ -248,10 +248,8 @@ def latest_block(report: dict[str, Any]) -> str:
     v = m["versions"]
     figs = report["figures"]
     lines = [
-        f"Run {report['date']} — `{report['command']}` — {report['runtime_s']:.0f} s in all.",
-        "",
-        f"- machine: {m['nproc']} CPUs, {m['cpu']} ({m['platform']}); device {cfg['device']}, "
-        f"torch threads {cfg['torch_threads']}",
+        *report_head(report),
+        f"- device {cfg['device']}, torch threads {cfg['torch_threads']}",
         f"- versions: Python {v['python']}, torch {v['torch']}, Celery {v['celery']}, "
         f"redis-server {v.get('redis-server', '?')}, ray {v.get('ray', '-')}, "
         f"nvidia-pytriton {v.get('nvidia-pytriton', '-')}, tritonclient "

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import ROOT, median, ratio, update_doc_section
+from benchmarks.harness import ROOT, median, ratio, report_head, update_doc_section
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench-pipeline:latest:begin -->", "<!-- bench-pipeline:latest:end -->"
@@ -206,9 +206,7 @@ def latest_block(report: dict[str, Any]) -> str:
     batch = median(r["mean_batch_size"] for r in res["a_e2e"])
     return "\n".join(
         [
-            f"Run {report['date']} — `{report['command']}` — {report['runtime_s']:.0f} s in all.",
-            "",
-            f"- machine: {m['nproc']} CPUs, {m['cpu']} ({m['platform']})",
+            *report_head(report),
             f"- versions: Python {v['python']}, torch {v['torch']}, Celery {v['celery']}, "
             f"kombu {v['kombu']}, redis-py {v['redis']}, redis-server {v['redis-server']}, "
             f"simplejpeg {v['simplejpeg']}",

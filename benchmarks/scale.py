@@ -31,6 +31,7 @@ from benchmarks.harness import (
     Sandbox,
     machine_info,
     median,
+    report_head,
     result_latencies,
     run_sandboxed,
     save_report,
@@ -190,9 +191,7 @@ def latest_block(report: dict[str, Any]) -> str:
     v = m["versions"]
     return "\n".join(
         [
-            f"Run {report['date']} — `{report['command']}` — {report['runtime_s']:.0f} s in all.",
-            "",
-            f"- machine: {m['nproc']} CPUs, {m['cpu']} ({m['platform']})",
+            *report_head(report),
             f"- versions: Python {v['python']}, torch {v['torch']}, Celery {v['celery']}, "
             f"kombu {v['kombu']}, redis-server {v['redis-server']}",
             f"- {cfg['model']} on `--gpus {cfg['gpus']}`, MAX_BATCH_SIZE={BATCH}, "

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import sweep_plots
-from benchmarks.harness import ROOT, median, ratio, update_doc_section
+from benchmarks.harness import ROOT, median, ratio, report_head, update_doc_section
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 IMG = ROOT / "docs" / "img"
@@ -257,9 +257,7 @@ def latest_block(report: dict[str, Any]) -> str:
     v = m["versions"]
     carried = [a for a in ORDER if a in report["axes"] and a not in report["measured"]]
     lines = [
-        f"Run {report['date']} — `{report['command']}` — {report['runtime_s']:.0f} s in all.",
-        "",
-        f"- machine: {m['nproc']} CPUs, {m['cpu']} ({m['platform']})",
+        *report_head(report),
         f"- versions: Python {v['python']}, torch {v['torch']}, Celery {v['celery']}, "
         f"kombu {v['kombu']}, redis-server {v['redis-server']}",
     ]
