@@ -2,7 +2,9 @@
 and hands each frame its own result.
 
 Frames arrive already decoded and preprocessed (in the Celery task's thread),
-so decode of the next frames overlaps the model's forward pass.
+so decode of the next frames overlaps the model's forward pass; and a batch's
+results are written out by a second thread (``results-<model>``), in batch
+order, while the next batch runs.
 
 What can go wrong in a batch, and what the runner does:
 
@@ -131,6 +133,11 @@ class ModelRunner:
         self._lock = threading.Lock()
         self._q: queue.Queue[FrameJob | object] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name=f"runner-{model.id}", daemon=True)
+        # finished batches, written out (in order) by the results thread
+        self._finished: queue.Queue[tuple[Done, int] | object] = queue.Queue()
+        self._writer = threading.Thread(
+            target=self._write_loop, name=f"results-{model.id}", daemon=True
+        )
 
     @property
     def max_batch_size(self) -> int:
@@ -140,11 +147,15 @@ class ModelRunner:
         if self.profiler is not None and self.profiler.every_n > 0:
             # torch's profiler costs ~1 s the first time in a process; pay it now
             self.profiler.warm_up(self.model.device.type)
+        self._writer.start()
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
+        """End the loop after what is queued, and write out every finished batch."""
         self._q.put(STOP)
         self._thread.join(timeout)
+        self._finished.put(STOP)
+        self._writer.join(timeout)
 
     def submit(self, job: FrameJob) -> Future[dict[str, Any]]:
         with self._lock:
@@ -251,10 +262,28 @@ class ModelRunner:
             if took > self.slow_batch_s:
                 log.warning("batch_longer_than_half_visibility_timeout", model_id=self.model.id,
                             batch_size=len(fresh), seconds=round(took, 1))  # fmt: skip
-        self._complete(done, ran=len(fresh))
-        for job in batch.items:
-            if job.record.redelivered:  # each answered before the next one runs
+        if done:
+            self._finished.put((done, len(fresh)))  # written while the next batch runs
+        redelivered = [job for job in batch.items if job.record.redelivered]
+        if redelivered:
+            # each answered (and the batches before it) before the next one runs: if
+            # one takes the process down, the others are not blamed with it
+            self._finished.join()
+            for job in redelivered:
                 self._complete(self._run_alone(job), ran=1)
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._finished.get()
+            try:
+                if item is STOP:
+                    return
+                assert isinstance(item, tuple)
+                self._complete(*item)
+            except Exception:  # never leave the loop: later batches wait on it
+                log.exception("result_writer_error", model_id=self.model.id)
+            finally:
+                self._finished.task_done()
 
     def _complete(self, done: Done, ran: int) -> None:
         """Count ``done``, write the results out (one round trip), then hand each to its

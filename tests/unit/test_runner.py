@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import wait
 from pathlib import Path
@@ -230,3 +231,64 @@ def test_stage_timings_and_stats_are_recorded() -> None:
     assert snap["frames"] == 4 and snap["ok"] == 4 and snap["batches"] == 1
     assert snap["batch_sizes"] == {"4": 1}
     assert snap["timings_ms"]["inference"]["count"] == 4
+
+
+def test_the_next_batch_runs_while_the_last_ones_results_are_written() -> None:
+    """The results thread writes batch 1 while the runner goes on to batch 2; the
+    results still go out in batch order, and no frame is resolved before its write."""
+    model = Doubler()
+    writing, release = threading.Event(), threading.Event()
+    written: list[list[str]] = []
+
+    def finish(done: list) -> None:
+        if not written:  # hold the first batch's write
+            writing.set()
+            assert release.wait(10)
+        written.append([r["job_id"] for _, r in done])
+
+    runner = ModelRunner(
+        model, Origin("w1", "cpu", "1"), max_batch_size=2, timeout_s=0.0, finish=finish
+    )
+    runner.start()
+    try:
+        first = [job(0, 0.0), job(1, 1.0)]
+        for j in first:
+            runner.submit(j)
+        assert writing.wait(10)
+        second = [job(2, 2.0), job(3, 3.0)]
+        for j in second:
+            runner.submit(j)
+        deadline = time.monotonic() + 10
+        while model.batches != [2, 2] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert model.batches == [2, 2]  # batch 2 ran while batch 1's write was held
+        assert not any(j.future.done() for j in first + second)
+        assert runner.in_flight == 4
+        release.set()
+        wait([j.future for j in first + second], timeout=10)
+    finally:
+        release.set()
+        runner.stop()
+    assert written == [["j0", "j1"], ["j2", "j3"]]
+    assert [j.future.result()["outputs"]["value"] for j in second] == [4.0, 6.0]
+    assert runner.in_flight == 0
+
+
+def test_stop_writes_out_every_finished_batch() -> None:
+    model = Doubler()
+    written: list[str] = []
+
+    def slow_finish(done: list) -> None:
+        time.sleep(0.05)
+        written.extend(r["job_id"] for _, r in done)
+
+    runner = ModelRunner(
+        model, Origin("w1", "cpu", "1"), max_batch_size=1, timeout_s=0.0, finish=slow_finish
+    )
+    jobs = [job(i, float(i)) for i in range(4)]
+    for j in jobs:
+        runner.submit(j)
+    runner.start()
+    runner.stop()
+    assert written == ["j0", "j1", "j2", "j3"]
+    assert all(j.future.done() for j in jobs)
