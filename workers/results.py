@@ -217,16 +217,16 @@ class ResultWriter:
             ]
         if not script_keys:
             return set()
-        pipe = self.client.pipeline(transaction=False)
-        self._append(keys=script_keys, args=args, client=pipe)
         try:
-            replies = pipe.execute()
+            # EVALSHA straight on the client: one round trip (in a redis-py pipeline a
+            # script costs a SCRIPT EXISTS round trip first, on every execute)
+            written_before = self._append(keys=script_keys, args=args)
         except redis.RedisError as exc:
             # Nothing is acked before its result is stored: the frames go back to
             # their queues (ResultNotStored) and are answered once Redis is back.
             log.error("result_write_failed", error=str(exc), results=len(models))
             raise ResultNotStored(f"cannot write results to Redis: {exc}") from exc
-        dups = {_text(j) for j in replies[0] or []}
+        dups = {_text(j) for j in written_before or []}
         for job_id in dups:
             drops[(models[job_id], "duplicate")] += 1
             log.warning("result_duplicate", job_id=job_id, model_id=models[job_id])

@@ -155,3 +155,26 @@ def test_one_batch_is_written_in_enqueue_order(redis_url: str) -> None:
         ("one", False),
         ("two", False),
     ]
+
+
+def _command_calls(client: redis.Redis) -> dict[str, int]:
+    return {k: v["calls"] for k, v in client.info("commandstats").items()}
+
+
+def test_a_batch_is_one_round_trip_and_survives_a_script_flush(redis_url: str) -> None:
+    """EVALSHA straight on the client: no SCRIPT EXISTS per batch (a redis-py pipeline
+    sends one before every execute), and a flushed script cache is reloaded."""
+    client = redis.Redis.from_url(redis_url)
+    writer = ResultWriter(client, maxlen=1000)
+    t = time.time()
+    writer.write([_result("det", 1, t, "warm")])  # the first call loads the script
+    client.config_resetstat()
+    for i in range(3):
+        writer.write([_result("det", 2 + i, t + 1 + i, f"b{i}")])
+    calls = _command_calls(client)
+    assert calls.get("cmdstat_evalsha") == 3
+    assert not any(k.startswith("cmdstat_script") for k in calls)
+    client.script_flush()
+    assert writer.write([_result("det", 9, t + 9, "after-flush")]) == set()
+    assert client.exists(keys.celery_result("after-flush"))
+    assert writer.write([_result("det", 9, t + 9, "after-flush")]) == {"after-flush"}
