@@ -9,6 +9,7 @@ success, not on an exception, not on Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import gc
 import json
 import math
@@ -130,6 +131,11 @@ def test_frames(
 
 
 # ---------------------------------------------------------------------- machine
+def utc_minute() -> str:
+    """A report's date: now, to the minute, in UTC."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def report_head(report: Mapping[str, Any]) -> list[str]:
     """The first lines of a benchmark's latest-run block in docs/benchmarks.md: when,
     with which command, on what machine (each report adds its own details)."""

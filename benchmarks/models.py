@@ -13,7 +13,6 @@ method is spelled out in docs/benchmarks.md.
 from __future__ import annotations
 
 import copy
-import datetime as dt
 import gc
 import math
 import sys
@@ -27,7 +26,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.harness import machine_info, median, save_report
+from benchmarks.harness import machine_info, median, save_report, utc_minute
 from benchmarks.models_report import DOCS, command_line, print_summary, update_docs
 from benchmarks.models_runtime import (
     PROFILE_BATCH,
@@ -243,7 +242,7 @@ def main(
     runtime = time.time() - started
     report = {
         "command": command,
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_minute(),
         "machine": {**info, "device": device, "gpu": _gpu_info(device)},
         "config": {
             "models": model_ids,

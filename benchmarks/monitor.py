@@ -21,7 +21,6 @@ each worker every ``HEARTBEAT_INTERVAL_SECONDS`` (5 s), staggered. Three figures
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import sys
 import threading
 import time
@@ -40,6 +39,7 @@ from benchmarks.harness import (
     median,
     save_report,
     test_frames,
+    utc_minute,
 )
 from benchmarks.monitor_cluster import FakeCluster
 from benchmarks.monitor_report import DOCS, build_figures, print_summary, update_docs
@@ -323,7 +323,7 @@ def main(duration: float, repeats: int, reads: int, out: Path, started: float) -
         return 1
     report: dict[str, Any] = {
         "command": command,
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_minute(),
         "machine": info,
         "config": {
             "workers": len(cluster.workers),

@@ -28,7 +28,6 @@ installed, or cannot run here, are reported as such; the others still run.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -45,6 +44,7 @@ from benchmarks.harness import (
     run_sandboxed,
     save_report,
     test_frames,
+    utc_minute,
 )
 from benchmarks.peers_clients import (
     DirectPeer,
@@ -304,7 +304,7 @@ def main(frames: int, repeats: int, out: Path, started: float, *, latency_frames
         return failed
     report: dict[str, Any] = {
         "command": command,
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_minute(),
         "machine": info,
         "config": {
             "frames": frames,

@@ -21,7 +21,6 @@ Results go to a JSON file and to docs/benchmarks.md.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import resource
 import sys
 import threading
@@ -45,6 +44,7 @@ from benchmarks.harness import (
     save_report,
     steady_rate,
     test_frames,
+    utc_minute,
 )
 from benchmarks.harness import closed_loop as _closed_loop
 from benchmarks.harness import machine_busy_s as _machine_busy
@@ -635,7 +635,7 @@ def main(frames: int, repeats: int, out: Path, started: float) -> int:
     runtime = time.time() - started
     report: dict[str, Any] = {
         "command": command,
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_minute(),
         "machine": info,
         "config": {
             "frames": frames,

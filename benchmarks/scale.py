@@ -15,7 +15,6 @@ to docs/benchmarks.md.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import os
 import time
@@ -38,6 +37,7 @@ from benchmarks.harness import (
     steady_rate,
     test_frames,
     update_doc_section,
+    utc_minute,
 )
 from benchmarks.pipeline import FramepoolClient
 from framepool import keys
@@ -266,7 +266,7 @@ def main(
         return failed
     report = {
         "command": command,
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_minute(),
         "machine": info,
         "config": {
             "model": model,

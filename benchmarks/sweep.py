@@ -14,7 +14,6 @@ The report (tables, plots, docs/benchmarks.md) is :mod:`benchmarks.sweep_report`
 
 from __future__ import annotations
 
-import datetime as dt
 import gc
 import time
 import traceback
@@ -33,6 +32,7 @@ from benchmarks.harness import (
     run_sandboxed,
     steady_rate,
     test_frames,
+    utc_minute,
 )
 from benchmarks.pipeline import CpuMeter, FramepoolClient, latency_model
 from benchmarks.scale import closed_loop, start_workers
@@ -318,7 +318,7 @@ def main(*, axes: list[str], plan: Plan, quick: bool, out: Path, docs: bool, sta
                 traceback.clear_frames(exc.__traceback__)
                 gc.collect()
                 continue
-            date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+            date = utc_minute()
             measured[axis] = {**data, "date": date, "command": command,
                               "runtime_s": round(time.time() - t0, 1)}  # fmt: skip
 
@@ -327,7 +327,7 @@ def main(*, axes: list[str], plan: Plan, quick: bool, out: Path, docs: bool, sta
         return failed
     report: dict[str, Any] = {
         "command": command,
-        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": utc_minute(),
         "machine": info,
         "plan": asdict(plan),
         "measured": list(measured),
