@@ -11,6 +11,7 @@ monitor can list models too.
     max_batch_size = 32
     memory_mb = 40                        # estimate; the worker measures too
     cpu_wait = "passive"                  # or "spin": see workers/device.py
+    precision = "fp16"                    # on CUDA (fp32 | fp16 | bf16); a CPU runs fp32
     [weights]
     file = "weights.pt"
     sha256 = "..."
@@ -48,6 +49,9 @@ class ModelManifest(BaseModel):
     # threads stay awake between layers), "passive" small ones (they sleep at once
     # and leave the cores to decode and Redis). workers/device.py has the figures.
     cpu_wait: Literal["passive", "spin"] = "passive"
+    # The weights' and inputs' dtype on a CUDA device (models/base.py: Model.place and
+    # Model.to_device). A CPU always runs fp32: its half-precision kernels are slower.
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     description: str = ""
     weights: Weights | None = None
     path: Path = Path(".")

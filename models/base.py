@@ -4,6 +4,11 @@ The worker calls, for each frame, ``preprocess`` (in the frame's own thread,
 so decode and preprocess of many frames overlap the model), then for each
 batch ``infer`` on the stacked inputs and ``postprocess`` to get one output
 dict per frame. Models know nothing of Celery or Redis.
+
+Precision: the manifest's ``precision`` (fp32, fp16, bf16) applies on a CUDA
+device; a model builds its network with :meth:`Model.place` (weights in that
+dtype, channels-last on CUDA) and the worker moves each batch with
+:meth:`Model.to_device` (the same dtype and layout). A CPU always runs fp32.
 """
 
 from __future__ import annotations
@@ -17,12 +22,27 @@ import torch
 from framepool.manifest import ModelManifest
 
 
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def effective_precision(precision: str, device: torch.device) -> str:
+    """The precision a model runs in on ``device``: as asked on CUDA, fp32 on a CPU."""
+    if precision not in DTYPES:
+        raise ValueError(f"unknown precision {precision!r}; choose from {sorted(DTYPES)}")
+    return precision if device.type == "cuda" else "fp32"
+
+
 class Model(ABC):
     """A loaded model on one device."""
 
-    def __init__(self, manifest: ModelManifest, device: str = "cpu") -> None:
+    def __init__(
+        self, manifest: ModelManifest, device: str = "cpu", precision: str | None = None
+    ) -> None:
         self.manifest = manifest
         self.device = torch.device(device)
+        #: what it runs in: ``precision`` (else the manifest's) on CUDA, fp32 on a CPU
+        self.precision = effective_precision(precision or manifest.precision, self.device)
+        self.dtype = DTYPES[self.precision]
 
     @property
     def id(self) -> str:
@@ -32,9 +52,26 @@ class Model(ABC):
     def version(self) -> str:
         return self.manifest.version
 
+    def place(self, net: torch.nn.Module) -> torch.nn.Module:
+        """``net`` on this model's device in its dtype (channels-last on CUDA), in eval mode."""
+        net = net.to(self.device, self.dtype)
+        if self.device.type == "cuda":
+            net = net.to(memory_format=torch.channels_last)
+        return net.eval()
+
+    def to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """A host batch on this model's device, in its dtype and layout. Non-blocking:
+        from pinned memory the copy overlaps whatever the host does next."""
+        x = batch.to(self.device, non_blocking=True)
+        if x.is_floating_point() and x.dtype != self.dtype:
+            x = x.to(self.dtype)
+        if self.device.type == "cuda" and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
     @abstractmethod
     def load(self) -> None:
-        """Build the network and load weights onto ``self.device``."""
+        """Build the network and load weights onto ``self.device`` (see :meth:`place`)."""
 
     @abstractmethod
     def preprocess(self, image: np.ndarray) -> np.ndarray:
@@ -42,7 +79,7 @@ class Model(ABC):
 
     @abstractmethod
     def infer(self, batch: torch.Tensor) -> Any:
-        """Run the network on an NxCxHxW batch already on ``self.device``."""
+        """Run the network on an NxCxHxW batch from :meth:`to_device`."""
 
     @abstractmethod
     def postprocess(self, raw: Any, sizes: list[tuple[int, int]]) -> list[dict[str, Any]]:
@@ -54,5 +91,5 @@ class Model(ABC):
         dummy = np.zeros((h, w, 3), dtype=np.uint8)
         x = np.stack([self.preprocess(dummy)] * batch_size)
         with torch.inference_mode():
-            raw = self.infer(torch.from_numpy(x).to(self.device))
+            raw = self.infer(self.to_device(torch.from_numpy(x)))
         self.postprocess(raw, [(w, h)] * batch_size)

@@ -31,7 +31,7 @@ class ImageNetClassifier(Model):
     net: torch.nn.Module
 
     def load(self) -> None:
-        self.net = build_resnet(self.depth, self.num_classes, self.seed).to(self.device)
+        self.net = self.place(build_resnet(self.depth, self.num_classes, self.seed))
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         w, h = self.manifest.input_size

@@ -35,8 +35,11 @@ def _import_entrypoint(manifest: ModelManifest) -> type[Model]:
     return cls
 
 
-def load_model(root: Path, model_id: str, device: str = "cpu") -> Model:
-    """Load ``model_id`` from ``root`` onto ``device`` (weights checked first)."""
+def load_model(
+    root: Path, model_id: str, device: str = "cpu", precision: str | None = None
+) -> Model:
+    """Load ``model_id`` from ``root`` onto ``device`` (weights checked first), in
+    ``precision`` on CUDA (default: the manifest's)."""
     manifests, errors = discover(root)
     if model_id not in manifests:
         if model_id in errors:
@@ -44,6 +47,6 @@ def load_model(root: Path, model_id: str, device: str = "cpu") -> Model:
         raise UnknownModel(model_id, list(manifests))
     manifest = manifests[model_id]
     verify_weights(manifest)
-    model = _import_entrypoint(manifest)(manifest, device)
+    model = _import_entrypoint(manifest)(manifest, device, precision)
     model.load()
     return model

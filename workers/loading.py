@@ -119,5 +119,7 @@ def load_models(
             health.failed(reason)
             log.error("model_load_failed", model_id=model_id, device=device, reason=reason)
             continue
+        log.info("model_precision", model_id=model_id, device=device,
+                 precision=slot.model.precision)  # fmt: skip
         health.ready()
     return slots

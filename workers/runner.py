@@ -369,7 +369,7 @@ class ModelRunner:
                 x = x.pin_memory()
             with torch.inference_mode():
                 clock.mark()
-                x = x.to(self.model.device, non_blocking=True)
+                x = self.model.to_device(x)
                 clock.mark()
                 raw = self.model.infer(x)
                 clock.mark()

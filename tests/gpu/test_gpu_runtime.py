@@ -5,7 +5,6 @@ CUDA kernels in the profiler, fp16 against fp32, and a worker process on cuda:0.
 
 from __future__ import annotations
 
-import copy
 import gc
 import json
 import os
@@ -206,13 +205,17 @@ def test_batch_profiler_records_cuda_kernels() -> None:
 
 
 def test_fp16_resnet50_agrees_with_fp32() -> None:
-    model = load_model(DEFAULT_MODELS_ROOT, "resnet50", DEVICE)
-    net32 = model.net
-    net16 = copy.deepcopy(net32).half()
-    x = torch.randn((32, 3, 224, 224), generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    # the manifest asks for fp16 on CUDA: weights in half precision, channels-last
+    model16 = load_model(DEFAULT_MODELS_ROOT, "resnet50", DEVICE)
+    model32 = load_model(DEFAULT_MODELS_ROOT, "resnet50", DEVICE, precision="fp32")
+    assert model16.precision == "fp16" and model32.precision == "fp32"
+    assert next(model16.net.parameters()).dtype == torch.float16
+    x = torch.randn((32, 3, 224, 224), generator=torch.Generator().manual_seed(0))
+    x16 = model16.to_device(x.pin_memory())
+    assert x16.dtype == torch.float16 and x16.is_contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        y32 = net32(x).float()
-        y16 = net16(x.half()).float()
+        y32 = model32.infer(model32.to_device(x)).float()
+        y16 = model16.infer(x16).float()
     assert torch.isfinite(y16).all()
     top1 = (y32.argmax(dim=1) == y16.argmax(dim=1)).float().mean().item()
     assert top1 >= 0.75

@@ -92,3 +92,33 @@ def test_unknown_model_names_the_known_ones(tmp_path: Path) -> None:
     make_model(tmp_path)
     with pytest.raises(UnknownModel, match="known models: tiny"):
         load_model(tmp_path, "nope")
+
+
+def test_precision_is_read_from_the_manifest_and_a_cpu_runs_fp32(tmp_path: Path) -> None:
+    import torch
+
+    make_model(tmp_path, "half", precision='"fp16"')
+    assert discover(tmp_path)[0]["half"].precision == "fp16"
+    model = load_model(tmp_path, "half")  # on the CPU: fp32, whatever the manifest says
+    assert model.precision == "fp32" and model.dtype == torch.float32
+    x = model.to_device(torch.ones((2, 3, 2, 2), dtype=torch.float64))
+    assert x.dtype == torch.float32 and x.device.type == "cpu"
+    assert load_model(tmp_path, "half", precision="bf16").precision == "fp32"
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        load_model(tmp_path, "half", precision="fp8")
+
+
+def test_a_bad_precision_in_the_manifest_is_a_clear_error(tmp_path: Path) -> None:
+    make_model(tmp_path, "odd", precision='"fp64"')
+    found, errors = discover(tmp_path)
+    assert "odd" not in found
+    assert "precision" in errors["odd"] and "fp16" in errors["odd"]
+
+
+def test_the_zoo_resnets_ask_for_fp16_on_cuda() -> None:
+    from framepool.settings import DEFAULT_MODELS_ROOT
+
+    found, _ = discover(DEFAULT_MODELS_ROOT)
+    assert found["resnet50"].precision == "fp16" and found["resnet50"].max_batch_size == 64
+    assert found["resnet18"].precision == "fp16"
+    assert found["shape_detector"].precision == "fp32"

@@ -36,7 +36,7 @@ def _run(
 ) -> list[dict[str, Any]]:
     batch = torch.from_numpy(np.stack([model.preprocess(im) for im in images]))
     with torch.inference_mode():
-        raw = model.infer(batch.to(model.device))
+        raw = model.infer(model.to_device(batch))
     return model.postprocess(raw, sizes)
 
 

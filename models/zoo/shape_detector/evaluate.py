@@ -101,7 +101,7 @@ def evaluate(
                 ]
             batch = torch.from_numpy(np.stack([model.preprocess(im) for im in images]))
             with torch.inference_mode():
-                raw = model.infer(batch.to(model.device))
+                raw = model.infer(model.to_device(batch))
             outputs = model.postprocess(raw, [(width, height)] * len(chunk))
             for frame, out in zip(chunk, outputs, strict=True):
                 a, b, c = match(out["detections"], frame.objects)

@@ -45,7 +45,7 @@ class ShapeDetector(Model):
         with torch.device("meta"):  # the weights come from the file: skip default init
             net = ShapeNet(num_classes=len(self.manifest.labels))
         net.load_state_dict(state, assign=True)
-        self.net = fuse_batchnorm(net.eval()).to(self.device)
+        self.net = self.place(fuse_batchnorm(net.eval()))
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
         w, h = self.manifest.input_size
