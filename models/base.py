@@ -21,7 +21,6 @@ import torch
 
 from framepool.manifest import ModelManifest
 
-
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
