@@ -19,6 +19,7 @@ from PIL import Image
 from framepool.errors import BadFrame
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SOI = b"\xff\xd8\xff"  # start of image, and the first marker's 0xFF
 # SOF markers carry the frame size; C4 (DHT), C8 (JPG) and CC (DAC) do not.
 _SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 _STANDALONE = {0x01, *range(0xD0, 0xD9)}
@@ -75,7 +76,7 @@ def probe(data: bytes, *, max_bytes: int, max_pixels: int) -> FrameInfo:
     if size > max_bytes:
         raise BadFrame(f"frame is {size} bytes, over the {max_bytes}-byte limit")
     fmt: Literal["jpeg", "png"]
-    if data[:3] == b"\xff\xd8\xff":
+    if data[:3] == JPEG_SOI:
         fmt = "jpeg"
         width, height, components = _jpeg_dimensions(data)
         if components not in (1, 3):

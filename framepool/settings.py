@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     # model's manifest says cpu_wait = "spin". OMP_WAIT_POLICY, GOMP_SPINCOUNT or
     # KMP_BLOCKTIME set in the environment win over this.
     cpu_wait_policy: Literal["auto", "passive", "spin"] = "auto"
+    # JPEG frames for a model on a GPU that can decode them (torchvision's nvJPEG; the
+    # zoo's ResNets) are decoded, resized and normalised there, a batch at a time: the
+    # task thread only checks the header. False: decoded on the CPU, frame by frame.
+    gpu_jpeg_decode: bool = True
 
     # --- metrics / observability ---
     metrics_enabled: bool = True

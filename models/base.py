@@ -14,13 +14,15 @@ dtype, channels-last on CUDA) and the worker moves each batch with
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
 from framepool.manifest import ModelManifest
 
+NetT = TypeVar("NetT", bound=torch.nn.Module)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -42,6 +44,15 @@ class Model(ABC):
         #: what it runs in: ``precision`` (else the manifest's) on CUDA, fp32 on a CPU
         self.precision = effective_precision(precision or manifest.precision, self.device)
         self.dtype = DTYPES[self.precision]
+        #: set by a model that decodes JPEG itself, on its device (:attr:`accepts_jpeg`):
+        #: CPU uint8 tensors of JPEG bytes -> CxHxW uint8 RGB images on ``self.device``
+        self.jpeg_decoder: Callable[[list[torch.Tensor]], list[torch.Tensor]] | None = None
+
+    @property
+    def accepts_jpeg(self) -> bool:
+        """Whether :meth:`collate` and :meth:`to_device` take a frame's JPEG bytes
+        (a 1-D uint8 array) in place of :meth:`preprocess`'s output."""
+        return self.jpeg_decoder is not None
 
     @property
     def id(self) -> str:
@@ -51,12 +62,16 @@ class Model(ABC):
     def version(self) -> str:
         return self.manifest.version
 
-    def place(self, net: torch.nn.Module) -> torch.nn.Module:
+    def place(self, net: NetT) -> NetT:
         """``net`` on this model's device in its dtype (channels-last on CUDA), in eval mode."""
-        net = net.to(self.device, self.dtype)
+        net.to(self.device, self.dtype)  # Module.to moves in place
         if self.device.type == "cuda":
-            net = net.to(memory_format=torch.channels_last)
+            net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         return net.eval()
+
+    def collate(self, inputs: Sequence[np.ndarray]) -> Any:
+        """One batch of host inputs for :meth:`to_device`: stacked into one tensor."""
+        return torch.from_numpy(np.stack(inputs))
 
     def to_device(self, batch: torch.Tensor) -> torch.Tensor:
         """A host batch on this model's device, in its dtype and layout. Non-blocking:
@@ -74,7 +89,9 @@ class Model(ABC):
 
     @abstractmethod
     def preprocess(self, image: np.ndarray) -> np.ndarray:
-        """HxWx3 uint8 RGB frame -> float32 CxHxW input at ``manifest.input_size``."""
+        """HxWx3 uint8 RGB frame -> the host input of one frame (stacked for
+        :meth:`to_device`): float32 CxHxW at ``manifest.input_size``, or anything
+        smaller that the model's own :meth:`to_device` finishes on the device."""
 
     @abstractmethod
     def infer(self, batch: torch.Tensor) -> Any:

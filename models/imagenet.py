@@ -3,17 +3,26 @@
 Subclasses set ``depth``; preprocess is a Pillow bilinear resize to the
 manifest's input size and ImageNet mean/std normalisation; outputs are the
 top-5 softmax classes, labelled ``class_<index>``.
+
+On a CUDA device the normalisation runs on the GPU, a batch at a time, and
+where torchvision's nvJPEG runs (:mod:`models.jpeg`) so do the JPEG decode
+and the resize: the worker's task thread then only checks the frame's header.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
+from framepool.errors import BadFrame
 from models.base import Model
+from models.jpeg import nvjpeg_decoder
 from models.nets.resnet import build_resnet
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
@@ -32,12 +41,73 @@ class ImageNetClassifier(Model):
 
     def load(self) -> None:
         self.net = self.place(build_resnet(self.depth, self.num_classes, self.seed))
+        self._mean = torch.from_numpy(MEAN).to(self.device).view(1, 3, 1, 1)
+        self._std = torch.from_numpy(STD).to(self.device).view(1, 3, 1, 1)
+        self.jpeg_decoder = nvjpeg_decoder(self.device)
 
     def preprocess(self, image: np.ndarray) -> np.ndarray:
+        """The resized frame; on CUDA (or with a :attr:`jpeg_decoder`) as uint8 HxWx3 (a
+        quarter of the bytes to stack and copy; :meth:`to_device` normalises the whole
+        batch on the device), else as normalised float32 CxHxW."""
         w, h = self.manifest.input_size
-        resized = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+        resized = np.array(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+        if self.device.type == "cuda" or self.jpeg_decoder is not None:
+            return resized
         x = (resized.astype(np.float32) - MEAN) / STD
         return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+    def collate(self, inputs: Sequence[np.ndarray]) -> Any:
+        """Stacked, unless some inputs are JPEG bytes (:attr:`accepts_jpeg`): then a list."""
+        if self.jpeg_decoder is None or all(a.ndim == 3 for a in inputs):
+            return super().collate(inputs)
+        return [torch.from_numpy(a) for a in inputs]
+
+    def to_device(self, batch: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """A uint8 NxHxWx3 batch from :meth:`preprocess` is copied as it is and
+        normalised on the device (NCHW, channels-last, the model's dtype); a float
+        NxCxHxW batch is moved as :meth:`Model.to_device` does; a list from
+        :meth:`collate` (JPEG bytes among resized frames) is decoded there first."""
+        if isinstance(batch, list):
+            return self._decode_on_device(batch)
+        if batch.dtype != torch.uint8:
+            return super().to_device(batch)
+        if batch.dim() != 4 or batch.shape[-1] != 3:
+            raise ValueError(f"a uint8 batch must be NxHxWx3, got {tuple(batch.shape)}")
+        return self._normalise(batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2))
+
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """NxCxHxW (uint8 or float, 0-255) on the device -> the network's input."""
+        x = ((x.float() - self._mean) / self._std).to(self.dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
+
+    def _decode_on_device(self, items: list[torch.Tensor]) -> torch.Tensor:
+        """JPEG bytes (1-D) decoded by :attr:`jpeg_decoder` in one call and resized as
+        Pillow's bilinear does (antialiased), frames of one size together; resized
+        HxWx3 frames (a PNG, decoded on the CPU) copied as they are."""
+        w, h = self.manifest.input_size
+        jpeg = [i for i, t in enumerate(items) if t.dim() == 1]
+        images: dict[int, torch.Tensor] = {}
+        if jpeg:
+            if self.jpeg_decoder is None:
+                raise BadFrame(f"{self.id} cannot decode JPEG on {self.device}")
+            try:
+                decoded = self.jpeg_decoder([items[i] for i in jpeg])
+            except Exception as exc:  # a corrupt frame (the batch is split to find it)
+                raise BadFrame(f"cannot decode jpeg on {self.device}: {exc}") from exc
+            images.update(zip(jpeg, decoded, strict=True))
+        for i, t in enumerate(items):
+            if i not in images:
+                images[i] = t.to(self.device, non_blocking=True).permute(2, 0, 1)
+        by_size: dict[tuple[int, ...], list[int]] = defaultdict(list)
+        for i, image in images.items():
+            by_size[tuple(image.shape)].append(i)
+        out = torch.empty((len(items), 3, h, w), device=self.device)
+        for (_, ih, iw), idx in by_size.items():
+            group = torch.stack([images[i] for i in idx]).float()
+            if (ih, iw) != (h, w):
+                group = F.interpolate(group, size=(h, w), mode="bilinear", antialias=True)
+            out[idx] = group
+        return self._normalise(out)
 
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
         return self.net(batch)

@@ -119,7 +119,7 @@ def load_models(
             health.failed(reason)
             log.error("model_load_failed", model_id=model_id, device=device, reason=reason)
             continue
-        log.info("model_precision", model_id=model_id, device=device,
-                 precision=slot.model.precision)  # fmt: skip
+        log.info("model_inputs", model_id=model_id, device=device, precision=slot.model.precision,
+                 jpeg_on_device=slot.model.accepts_jpeg and settings.gpu_jpeg_decode)  # fmt: skip
         health.ready()
     return slots

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from framepool.errors import DeviceLost, GpuOutOfMemory, ModelError, ResultNotStored
+from framepool.errors import BadFrame, DeviceLost, GpuOutOfMemory, ModelError, ResultNotStored
 from framepool.log import get_logger
 from framepool.schemas import Status
 from models.base import Model
@@ -294,7 +294,7 @@ class ModelRunner:
         results = [r for _, r in done]
         self.stats.record_results(results)
         if self.health is not None and ran:
-            errors = sum(1 for r in results if r["status"] == Status.error.value)
+            errors = sum(1 for r in results if _counts_against_model(r))
             self.health.record(ok=ran - errors, errors=errors)
         failed: BaseException | None = None
         try:
@@ -364,8 +364,8 @@ class ModelRunner:
         start = time.monotonic()
         clock = _StageClock(self.model.device)
         try:
-            x = torch.from_numpy(np.stack([j.input for j in jobs]))
-            if clock.cuda:
+            x = self.model.collate([j.input for j in jobs])
+            if clock.cuda and isinstance(x, torch.Tensor):
                 x = x.pin_memory()
             with torch.inference_mode():
                 clock.mark()
@@ -419,6 +419,12 @@ class ModelRunner:
             return self._infer(jobs[:half]) + self._infer(jobs[half:])
         job = jobs[0]
         error: BaseException = GpuOutOfMemory(str(exc)) if oom else exc
+        if isinstance(exc, BadFrame):  # decoded on the device: the frame's fault
+            log.warning("frame_decode_failed", correlation_id=job.record.correlation_id,
+                        error=str(exc))  # fmt: skip
+            return [
+                (job, build_result(job.record, self.origin, Status.error, error=exc, batch_size=1))
+            ]
         log.error(
             "frame_model_error",
             model_id=self.model.id,
@@ -428,3 +434,10 @@ class ModelRunner:
         return [
             (job, build_result(job.record, self.origin, Status.error, error=error, batch_size=1))
         ]
+
+
+def _counts_against_model(result: dict[str, Any]) -> bool:
+    """An error result that says the model is failing: not a frame it could not decode."""
+    if result["status"] != Status.error.value:
+        return False
+    return (result.get("error") or {}).get("type") != BadFrame.__name__

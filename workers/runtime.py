@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import redis
 
 from framepool import codec, deadletters, keys
@@ -256,21 +257,27 @@ class WorkerRuntime:
         if redelivered:
             rec.redelivered, rec.frame = True, frame
         runner.stats.record_frame_size(len(frame))
-        s = self.settings
+        s, model = self.settings, runner.model
+        on_device = s.gpu_jpeg_decode and model.accepts_jpeg and frame[:3] == codec.JPEG_SOI
         t0 = time.perf_counter()
         try:
-            image = codec.decode(
-                frame,
-                max_bytes=s.max_frame_bytes,
-                max_pixels=s.max_frame_pixels,
-                min_size=runner.model.manifest.input_size,
-            )
+            if on_device:  # header and limits here; decoded with its batch, on the GPU
+                codec.probe(frame, max_bytes=s.max_frame_bytes, max_pixels=s.max_frame_pixels)
+                image = None
+            else:
+                image = codec.decode(frame, max_bytes=s.max_frame_bytes,
+                                     max_pixels=s.max_frame_pixels,
+                                     min_size=model.manifest.input_size)  # fmt: skip
         except BadFrame as exc:
             log.warning("frame_decode_failed", error=str(exc))
             return self._finish_early(rec, runner.origin, Status.error, exc, runner)
         t1 = time.perf_counter()
         try:
-            x = runner.model.preprocess(image)
+            x = (
+                np.frombuffer(bytearray(frame), np.uint8)
+                if image is None
+                else model.preprocess(image)
+            )
         except Exception as exc:
             log.warning("frame_preprocess_failed", error=f"{type(exc).__name__}: {exc}")
             return self._finish_early(rec, runner.origin, Status.error, exc, runner)

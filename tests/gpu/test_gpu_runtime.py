@@ -6,6 +6,7 @@ CUDA kernels in the profiler, fp16 against fp32, and a worker process on cuda:0.
 from __future__ import annotations
 
 import gc
+import io
 import json
 import os
 import time
@@ -17,9 +18,11 @@ import numpy as np
 import pytest
 import redis
 import torch
+from PIL import Image
 
 from benchmarks.models_runtime import MemoryHog
 from framepool import codec, keys
+from framepool.errors import BadFrame
 from framepool.nvml import NvmlSampler
 from framepool.settings import DEFAULT_MODELS_ROOT, Settings
 from models.base import Model
@@ -82,8 +85,8 @@ def test_gpu_manager_places_resnet18_on_cuda_measures_its_peak_and_release_frees
     assert device.startswith("cuda:")
     before = torch.cuda.memory_allocated(device)
 
-    def build() -> Model:
-        m = load_model(DEFAULT_MODELS_ROOT, "resnet18", device)
+    def build() -> Model:  # fp32: the manifest's fp16 would halve the figures below
+        m = load_model(DEFAULT_MODELS_ROOT, "resnet18", device, precision="fp32")
         m.warmup(batch_size=8)
         return m
 
@@ -190,7 +193,7 @@ def test_runner_times_host_to_device_and_inference_with_cuda_events(
 def test_batch_profiler_records_cuda_kernels() -> None:
     model = load_model(DEFAULT_MODELS_ROOT, "resnet18", DEVICE)
     model.warmup(batch_size=4)
-    x = torch.randn((4, 3, 224, 224), generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    x = model.to_device(torch.randn((4, 3, 224, 224), generator=torch.Generator().manual_seed(0)))
     prof = BatchProfiler(every_n=0)
     with prof.profile("cuda"):
         with torch.inference_mode():
@@ -225,12 +228,27 @@ def test_fp16_resnet50_agrees_with_fp32() -> None:
     assert rel < 0.02
 
 
+def test_resnet_inputs_are_normalised_on_the_gpu_as_the_cpu_does() -> None:
+    gpu = load_model(DEFAULT_MODELS_ROOT, "resnet18", DEVICE, precision="fp32")
+    cpu = load_model(DEFAULT_MODELS_ROOT, "resnet18", "cpu")
+    cam = SyntheticCamera("norm", width=640, height=480, fps=10.0, seed=3)
+    images = [cam.frame(i).image for i in range(4)]
+    host = np.stack([gpu.preprocess(im) for im in images])
+    assert host.dtype == np.uint8 and host.shape == (4, 224, 224, 3)  # a quarter of fp32's bytes
+    on_gpu = gpu.to_device(torch.from_numpy(host))
+    assert on_gpu.is_contiguous(memory_format=torch.channels_last)
+    on_cpu = cpu.to_device(torch.from_numpy(np.stack([cpu.preprocess(im) for im in images])))
+    assert torch.allclose(on_gpu.cpu(), on_cpu, atol=1e-5)
+    half = load_model(DEFAULT_MODELS_ROOT, "resnet18", DEVICE)
+    assert half.to_device(torch.from_numpy(host)).dtype == torch.float16
+
+
 # ------------------------------------------------------------------ a worker on cuda:0
 def test_worker_on_cuda_reports_gpu_nvml_and_measured_memory(
     start_gpu_worker, redis_url: str, settings: Settings
 ) -> None:
     name = f"gpu-test-{os.getpid()}@{os.uname().nodename}"
-    start_gpu_worker(["resnet18"], device=DEVICE, extra=["--name", name])
+    worker = start_gpu_worker(["resnet18"], device=DEVICE, extra=["--name", name])
     client = redis.Redis.from_url(redis_url)
     snap: dict[str, Any] = {}
     deadline = time.monotonic() + 30
@@ -250,14 +268,56 @@ def test_worker_on_cuda_reports_gpu_nvml_and_measured_memory(
     assert entry["device"] == DEVICE
     assert entry["measured_mb"] is not None and entry["measured_mb"] > 0
 
-    image = SyntheticCamera("gpu", 640, 480, seed=2).frame(0).image
+    cam = SyntheticCamera("gpu", 640, 480, seed=2)
+    good = [codec.encode_jpeg(cam.frame(i).image) for i in range(3)]
+    corrupt = good[0][:300] + b"\x00" * 64  # a valid header, then nothing to decode
+    buf = io.BytesIO()
+    Image.fromarray(cam.frame(3).image).save(buf, format="PNG")  # decoded on the CPU
+    frames = [good[0], corrupt, good[1], buf.getvalue(), good[2]]
     with FrameProducer(settings) as producer:
-        (handle,) = producer.submit_many(
-            [{"model_id": "resnet18", "frame": codec.encode_jpeg(image), "camera_id": "gpu"}]
+        handles = producer.submit_many(
+            [{"model_id": "resnet18", "frame": f, "camera_id": "gpu"} for f in frames]
         )
-        result = handle.get(timeout=60)
-    assert result.status == "ok" and result.device == DEVICE
-    assert result.timings_ms.inference > 0
+        results = [h.get(timeout=60) for h in handles]
+    assert [r.status for r in results] == ["ok", "error", "ok", "ok", "ok"], results
+    assert results[0].device == DEVICE and results[0].timings_ms.inference > 0
+    assert results[1].error is not None and results[1].error.type == "BadFrame"
+    # where torchvision's nvJPEG runs, the worker decodes JPEG frames on the GPU
+    inputs = [json.loads(line) for line in worker.log_path.read_text().splitlines()
+              if '"model_inputs"' in line]  # fmt: skip
+    assert inputs and inputs[0]["precision"] == "fp16"
+    assert inputs[0]["jpeg_on_device"] is _torchvision()
+
+
+def _torchvision() -> bool:
+    try:
+        import torchvision.io  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def test_resnet_decodes_jpeg_on_the_gpu_as_the_cpu_does() -> None:
+    if not _torchvision():
+        pytest.skip("torchvision is not installed: JPEG frames are decoded on the CPU")
+    gpu = load_model(DEFAULT_MODELS_ROOT, "resnet18", DEVICE, precision="fp32")
+    cpu = load_model(DEFAULT_MODELS_ROOT, "resnet18", "cpu")
+    assert gpu.accepts_jpeg and not cpu.accepts_jpeg
+    cam = SyntheticCamera("nvjpeg", width=640, height=480, fps=10.0, seed=4)
+    jpegs = [codec.encode_jpeg(cam.frame(i).image, quality=95) for i in range(6)]
+    got = gpu.to_device(gpu.collate([np.frombuffer(bytearray(j), np.uint8) for j in jpegs]))
+    assert got.shape == (6, 3, 224, 224) and got.is_contiguous(memory_format=torch.channels_last)
+    decoded = [codec.decode(j, max_bytes=1 << 24, max_pixels=1 << 24) for j in jpegs]
+    ref = cpu.to_device(cpu.collate([cpu.preprocess(im) for im in decoded]))
+    diff = (got.cpu() - ref).abs()  # nvJPEG's IDCT and torch's resize against libjpeg + Pillow
+    assert diff.mean().item() < 0.03 and diff.max().item() < 0.6
+    with torch.inference_mode():
+        top_gpu = gpu.infer(got).argmax(dim=1).cpu()
+        top_cpu = cpu.infer(ref).argmax(dim=1)
+    assert (top_gpu == top_cpu).float().mean().item() >= 5 / 6
+    corrupt = jpegs[0][:300] + b"\x00" * 64
+    with pytest.raises(BadFrame, match="cannot decode jpeg"):
+        gpu.to_device(gpu.collate([np.frombuffer(bytearray(corrupt), np.uint8)]))
 
 
 def test_this_directory_is_marked_gpu(request: pytest.FixtureRequest) -> None:
