@@ -339,10 +339,10 @@ class PlainClient:
 
 
 # ------------------------------------------------------------------ workers
-def _worker_env(sb: Sandbox, threads: int) -> dict[str, str]:
+def _worker_env(sb: Sandbox, threads: int, batch: int = BATCH) -> dict[str, str]:
     return {
         "REDIS_URL": sb.redis_url,
-        "MAX_BATCH_SIZE": str(BATCH),
+        "MAX_BATCH_SIZE": str(batch),
         "LOG_LEVEL": "INFO",
         "LOG_FORMAT": "json",
         "OMP_NUM_THREADS": str(threads),
@@ -351,34 +351,48 @@ def _worker_env(sb: Sandbox, threads: int) -> dict[str, str]:
 
 
 def start_framepool_worker(
-    sb: Sandbox, model_id: str, threads: int, device: str = "cpu", name: str | None = None
-) -> Child:
-    name = name or f"fp-{model_id}"
-    argv = [sys.executable, "-m", "framepool.cli", "worker", "--device", device]
-    argv += ["--models", model_id, "--name", f"{name}@bench"]
-    child = sb.spawn(name, argv, _worker_env(sb, threads))
+    sb: Sandbox, model_id: str, threads: int, device: str = "cpu", name: str | None = None,
+    batch: int = BATCH,
+) -> Child:  # fmt: skip
+    return start_framepool_workers(sb, model_id, threads, device, [name or f"fp-{model_id}"],
+                                   batch)[0]  # fmt: skip
+
+
+def start_framepool_workers(
+    sb: Sandbox, model_id: str, threads: int, device: str, names: Sequence[str],
+    batch: int = BATCH,
+) -> list[Child]:  # fmt: skip
+    """One ``framepool worker`` per name, started together; back when all serve."""
+    children = []
+    for name in names:
+        argv = [sys.executable, "-m", "framepool.cli", "worker", "--device", device]
+        argv += ["--models", model_id, "--name", f"{name}@bench"]
+        children.append(sb.spawn(name, argv, _worker_env(sb, threads, batch)))
     client = redis.Redis.from_url(sb.redis_url)
 
-    def ready() -> bool:  # this very worker consumes (another may serve the model already)
-        beat = client.get(keys.worker_heartbeat(f"{name}@bench"))
-        return beat is not None and b'"state":"ready"' in beat
+    def ready() -> bool:  # these very workers consume (another may serve the model already)
+        beats = client.mget([keys.worker_heartbeat(f"{name}@bench") for name in names])
+        return all(b is not None and b'"state":"ready"' in b for b in beats)
 
     try:
-        sb.wait_until(ready, 120, f"worker {name} to serve {model_id}", [child])
+        sb.wait_until(ready, 120, f"workers {', '.join(names)} to serve {model_id}", children)
     finally:
         client.close()
-    return child
+    return children
 
 
-def start_plain_worker(sb: Sandbox, pool: str, queue: str, threads: int) -> Child:
+def start_plain_worker(
+    sb: Sandbox, pool: str, queue: str, threads: int, concurrency: int = CONCURRENCY,
+    env: dict[str, str] | None = None,
+) -> Child:  # fmt: skip
     name = f"plain-{pool}"
     argv = [sys.executable, "-m", "celery", "-A", "benchmarks.plain_celery", "worker"]
     argv += ["-P", pool, "-Q", queue, "-n", f"{name}@bench", "-l", "WARNING"]
     # as framepool's worker: no mingle, no gossip, fair scheduling; events from the config
     argv += ["--without-mingle", "--without-gossip", "-O", "fair"]
     if pool != "solo":
-        argv += ["-c", str(CONCURRENCY)]
-    return sb.spawn(name, argv, _worker_env(sb, threads))
+        argv += ["-c", str(concurrency)]
+    return sb.spawn(name, argv, {**_worker_env(sb, threads), **(env or {})})
 
 
 def _warm(closed: Any, frames: int) -> None:

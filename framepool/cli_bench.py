@@ -126,12 +126,7 @@ def bench_scale(
 ) -> None:
     """Frames/s of one model with 1, 2, 4 ... worker processes (speed-up, efficiency)."""
     started = time.time()
-    try:
-        numbers = [int(c) for c in split_list(counts)]
-    except ValueError:
-        numbers = []
-    if not numbers or min(numbers) < 1:
-        fail(f"--workers must be comma-separated integers >= 1, got {counts!r}")
+    numbers = _counts(counts, "--workers")
     if threads != "auto" and not (threads.isdigit() and int(threads) >= 1):
         fail(f"--threads must be auto or an integer >= 1, got {threads!r}")
     check_models(load_settings(), [model_id])
@@ -139,6 +134,47 @@ def bench_scale(
 
     sys.exit(run(model=model_id, counts=numbers, frames=frames, repeats=repeats, gpus=gpus,
                  threads=threads, out=Path(out), docs=not no_docs, started=started))  # fmt: skip
+
+
+def _counts(value: str, option: str) -> list[int]:
+    """Comma-separated integers >= 1, or a clear exit."""
+    try:
+        numbers = [int(c) for c in split_list(value)]
+    except ValueError:
+        numbers = []
+    if not numbers or min(numbers) < 1:
+        fail(f"{option} must be comma-separated integers >= 1, got {value!r}")
+    return numbers
+
+
+@bench.command(name="gpu")
+@click.option("--model", "model_id", default="resnet50", show_default=True)
+@click.option("--batch", default=64, show_default=True, type=click.IntRange(1, 1024),
+              help="batch cap (MAX_BATCH_SIZE), also the limit's batch")  # fmt: skip
+@click.option("--frames", default=8000, show_default=True, type=click.IntRange(16),
+              help="frames per run (plain Celery runs a quarter)")  # fmt: skip
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(1))
+@click.option("--workers", "counts", default="1,2", show_default=True,
+              help="framepool worker processes on the GPU, comma-separated")  # fmt: skip
+@click.option("--clients", default=4, show_default=True, type=click.IntRange(1, 64),
+              help="producer threads")  # fmt: skip
+@click.option("--device", default=None,
+              help="cuda:N [cuda:0]; cpu runs the same steps as a trial")  # fmt: skip
+@click.option("--out", default="benchmarks/results/gpu.json", show_default=True)
+@click.option("--no-docs", is_flag=True, help="leave docs/benchmarks.md alone (a trial run)")
+def bench_gpu(model_id: str, batch: int, frames: int, repeats: int, counts: str, clients: int,
+              device: str | None, out: str, no_docs: bool) -> None:  # fmt: skip
+    """One model on one GPU end to end: the model's limit, framepool, plain Celery, GPU use."""
+    started = time.time()
+    numbers = _counts(counts, "--workers")
+    if device is not None and not (device == "cpu" or device.startswith("cuda:")):
+        fail(f"--device must be cpu or cuda:N, got {device!r}")
+    check_models(load_settings(), [model_id])
+    from benchmarks.gpu import main as run
+
+    sys.exit(run(model=model_id, batch=batch, frames=frames, repeats=repeats, workers=numbers,
+                 clients=clients, device=device, out=Path(out), started=started,
+                 docs=not no_docs))  # fmt: skip
 
 
 @bench.command(name="sweep")

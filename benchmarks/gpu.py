@@ -1,0 +1,428 @@
+"""``framepool bench gpu``: one model on one GPU end to end, against the model's own
+limit and plain Celery, with the GPU's utilization (issue #7's GPU goals).
+
+By default resnet50 in its manifest's precision (fp16 on CUDA) at a batch cap of
+64, on 640x480 JPEG q90 frames:
+
+- *limit*: the model's own throughput in one process, written as a user would
+  write it by hand: a pool of threads (one per CPU) prepares the next batches
+  while the GPU runs this one, each batch goes through ``model.collate``,
+  ``model.to_device``, ``model.infer`` and ``model.postprocess``. Where the model
+  decodes JPEG on the GPU (``model.accepts_jpeg``: torchvision's nvJPEG) the
+  threads only check each frame's header, as the worker does; else they run
+  ``framepool.codec.decode`` + ``model.preprocess``.
+- *framepool*: 1, 2 ... real ``framepool worker --device cuda:0`` processes with
+  ``MAX_BATCH_SIZE=batch``, frames through ``FrameProducer`` from ``--clients``
+  producer threads (each keeping 2-4 batches outstanding), results read back.
+- *plain Celery*: ``benchmarks.plain_celery``'s ``bench.infer``: one frame per
+  task, the same decode/preprocess/forward/postprocess at batch 1, a threads pool
+  of ``PLAIN_CONCURRENCY``, the Redis result backend.
+
+Throughput comes from the completion stamps after the first 10% (as in ``bench
+peers``); GPU utilization is NVML's (the share of time a kernel ran), sampled every
+0.1 s and averaged over the same window. Each framepool and plain Celery run is
+paired with a limit run just before it; ratios are per pair, medians reported.
+Without CUDA, ``--device cpu`` runs the same steps as a trial (no utilization).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from benchmarks import gpu_report
+from benchmarks.harness import (
+    BenchError,
+    Sandbox,
+    machine_info,
+    quiet_logs,
+    run_sandboxed,
+    save_report,
+    test_frames,
+    utc_minute,
+)
+from benchmarks.peers_clients import FramepoolPeer, PeerClient, Reply, run_closed
+from benchmarks.peers_stats import WARMUP_FRAC, batch_rate, closed_stats
+from benchmarks.pipeline import start_framepool_workers, start_plain_worker
+from framepool.settings import Settings
+
+DISTINCT_FRAMES = 16
+FRAME_SIZE = (640, 480)
+PLAIN_CONCURRENCY = 8  # a hand-rolled GPU worker's threads: enough to keep one stream busy
+UTIL_EVERY_S = 0.1
+
+
+def _log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+@dataclass(frozen=True)
+class Plan:
+    model: str
+    batch: int
+    frames: int
+    repeats: int
+    workers: tuple[int, ...]
+    clients: int
+    device: str
+    decode_threads: int
+
+
+# ------------------------------------------------------------------ GPU utilization
+class UtilSampler:
+    """NVML's utilization of GPU ``index`` every 0.1 s in a thread, while open."""
+
+    def __init__(self, index: int | None) -> None:
+        from framepool.nvml import NvmlSampler
+
+        self.index = index
+        self.samples: list[tuple[float, float]] = []
+        self._nvml = NvmlSampler(min_interval_s=UTIL_EVERY_S / 2) if index is not None else None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="util", daemon=True)
+
+    def __enter__(self) -> UtilSampler:
+        if self._nvml is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2)
+
+    def _run(self) -> None:
+        assert self._nvml is not None
+        while not self._stop.wait(UTIL_EVERY_S):
+            for r in self._nvml.read():
+                if r.index == self.index and r.utilization_percent is not None:
+                    self.samples.append((time.time(), r.utilization_percent))
+
+    def mean_between(self, start: float, end: float) -> float | None:
+        window = [u for t, u in self.samples if start <= t <= end]
+        return round(sum(window) / len(window), 1) if window else None
+
+
+def steady_window(stamps: Sequence[float]) -> tuple[float, float]:
+    """The throughput window of ``batch_rate``: after the first 10% of completions."""
+    ts = sorted(stamps)
+    return ts[int(len(ts) * WARMUP_FRAC)], ts[-1]
+
+
+# ------------------------------------------------------------------ the limit
+class LimitLoop:
+    """The model in this process, decode threads feeding the device (module doc)."""
+
+    def __init__(self, settings: Settings, plan: Plan, jpegs: Sequence[bytes]) -> None:
+        from models.registry import load_model
+
+        self.settings, self.plan, self.jpegs = settings, plan, jpegs
+        self.model = load_model(settings.models_root, plan.model, plan.device)
+        self.model.warmup(batch_size=plan.batch)
+        self.pool = ThreadPoolExecutor(plan.decode_threads, thread_name_prefix="decode")
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _prep(self, i: int) -> Any:
+        """As the worker's task thread: where the model decodes JPEG on its device, the
+        header is checked here and the bytes go on; else decode + preprocess here."""
+        import numpy as np
+
+        from framepool.codec import decode, probe
+
+        data, s = self.jpegs[i % len(self.jpegs)], self.settings
+        if self.model.accepts_jpeg:
+            probe(data, max_bytes=s.max_frame_bytes, max_pixels=s.max_frame_pixels)
+            return np.frombuffer(bytearray(data), np.uint8)
+        image = decode(data, max_bytes=s.max_frame_bytes, max_pixels=s.max_frame_pixels,
+                       min_size=self.model.manifest.input_size)  # fmt: skip
+        return self.model.preprocess(image)
+
+    def run(self, n: int, depth: int = 4) -> list[float]:
+        """``n`` frames in batches, ``depth`` batches decoding ahead; one stamp a frame."""
+        import torch
+
+        model, batch = self.model, self.plan.batch
+        starts = list(range(0, n, batch))
+        pending: deque[list[Future[Any]]] = deque()
+
+        def queue_next() -> None:
+            if starts:
+                s = starts.pop(0)
+                pending.append(
+                    [self.pool.submit(self._prep, i) for i in range(s, min(s + batch, n))]
+                )
+
+        for _ in range(depth):
+            queue_next()
+        stamps: list[float] = []
+        cuda = model.device.type == "cuda"
+        while pending:
+            futs = pending.popleft()
+            queue_next()
+            x = model.collate([f.result() for f in futs])
+            if cuda and isinstance(x, torch.Tensor):
+                x = x.pin_memory()
+            with torch.inference_mode():
+                raw = model.infer(model.to_device(x))
+                outputs = model.postprocess(raw, [FRAME_SIZE] * len(futs))
+            if len(outputs) != len(futs):
+                raise BenchError(f"limit: {len(outputs)} outputs for {len(futs)} frames")
+            done = time.time()
+            stamps.extend([done] * len(futs))
+        return stamps
+
+
+# ------------------------------------------------------------------ plain Celery's client
+class PlainInferPeer:
+    """``bench.infer`` per frame with ``apply_async``; each result read back."""
+
+    name = "plain_celery"
+
+    def __init__(self, redis_url: str, jpegs: Sequence[bytes]) -> None:
+        from benchmarks.plain_celery import INFER_TASK, make_app
+
+        self.app = make_app(redis_url)
+        self.task = self.app.tasks[INFER_TASK]
+        self.jpegs = jpegs
+
+    def submit(self, indices: Sequence[int]) -> list[Any]:
+        from benchmarks.plain_celery import INFER_QUEUE
+
+        k = len(self.jpegs)
+        return [self.task.apply_async((self.jpegs[i % k], time.time()), queue=INFER_QUEUE)
+                for i in indices]  # fmt: skip
+
+    def get(self, handle: Any, timeout: float) -> Reply | None:
+        from celery.exceptions import TimeoutError as CeleryTimeout
+
+        try:
+            value = handle.get(timeout=timeout)
+        except CeleryTimeout:
+            return None
+        if not isinstance(value, dict):
+            raise BenchError(f"plain task failed: {value!r}")
+        return Reply.from_dict(value)
+
+    def close(self) -> None:
+        self.app.close()
+
+
+def run_clients(clients: Sequence[PeerClient], n: int, chunk: int) -> tuple[list[Reply], float]:
+    """``n`` frames shared by ``clients``, each in a thread of its own with
+    ``chunk``..``2*chunk`` outstanding; all replies and the wall time."""
+    shares = [n // len(clients) + (1 if k < n % len(clients) else 0) for k in range(len(clients))]
+    out: list[tuple[list[Reply], float] | BaseException] = [ValueError("not run")] * len(clients)
+
+    def one(k: int) -> None:
+        try:
+            out[k] = run_closed(clients[k], shares[k], chunk)
+        except BaseException as exc:  # re-raised below
+            out[k] = exc
+
+    threads = [
+        threading.Thread(target=one, args=(k,), name=f"client-{k}") for k in range(len(clients))
+    ]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    replies: list[Reply] = []
+    for o in out:
+        if isinstance(o, BaseException):
+            raise o
+        replies.extend(o[0])
+    return replies, wall
+
+
+# ------------------------------------------------------------------ measuring
+def _util_index(device: str) -> int | None:
+    return int(device.split(":")[1]) if device.startswith("cuda:") else None
+
+
+def _measured(
+    plan: Plan, fn: Callable[[], tuple[list[float], float, list[Reply] | None]]
+) -> dict[str, Any]:
+    with UtilSampler(_util_index(plan.device)) as util:
+        stamps, wall, replies = fn()
+    start, end = steady_window(stamps)
+    stats: dict[str, Any] = {
+        "frames": len(stamps),
+        "steady_fps": round(batch_rate(stamps), 2),
+        "wall_fps": round(len(stamps) / wall, 2) if wall > 0 else None,
+        "gpu_util_percent": util.mean_between(start, end),
+    }
+    if replies is not None:
+        stats.update(
+            {k: v for k, v in closed_stats(replies, wall).items() if k == "mean_batch_size"}
+        )
+    else:
+        stats["mean_batch_size"] = float(plan.batch)
+    return stats
+
+
+def _limit(plan: Plan, loop: LimitLoop, n: int) -> dict[str, Any]:
+    def fn() -> tuple[list[float], float, None]:
+        t0 = time.perf_counter()
+        stamps = loop.run(n)
+        return stamps, time.perf_counter() - t0, None
+
+    return _measured(plan, fn)
+
+
+def _served(plan: Plan, clients: Sequence[PeerClient], n: int, chunk: int) -> dict[str, Any]:
+    def fn() -> tuple[list[float], float, list[Reply]]:
+        replies, wall = run_clients(clients, n, chunk)
+        return [r.completed_at for r in replies], wall, replies
+
+    return _measured(plan, fn)
+
+
+def _pair(res: dict[str, Any], key: str, plan: Plan, loop: LimitLoop, r: int,
+          served: Callable[[], dict[str, Any]]) -> None:  # fmt: skip
+    lim = _limit(plan, loop, plan.frames)
+    got = served()
+    got["limit_fps"] = lim["steady_fps"]
+    got["limit_gpu_util_percent"] = lim["gpu_util_percent"]
+    got["ratio"] = round(got["steady_fps"] / lim["steady_fps"], 3)
+    res.setdefault(key, []).append(got)
+    _log(f"repeat {r + 1}: limit {lim['steady_fps']:.0f} frames/s (GPU {lim['gpu_util_percent']}%), "
+         f"{key} {got['steady_fps']:.0f} frames/s = {got['ratio']:.2f}x "
+         f"(GPU {got['gpu_util_percent']}%, mean batch {got['mean_batch_size']})")  # fmt: skip
+
+
+def measure(sb: Sandbox, plan: Plan, jpegs: Sequence[bytes]) -> dict[str, Any]:
+    settings = Settings(redis_url=sb.redis_url, max_batch_size=plan.batch)
+    res: dict[str, Any] = {}
+    _log(f"limit: loading {plan.model} on {plan.device}")
+    loop = LimitLoop(settings, plan, jpegs)
+    res["precision"] = loop.model.precision
+    res["jpeg_on_device"] = loop.model.accepts_jpeg
+    chunk = 2 * plan.batch
+    try:
+        _limit(plan, loop, 2 * plan.batch)  # warm-up
+        for w in plan.workers:
+            _log(f"framepool: starting {w} worker(s) on {plan.device}")
+            names = [f"fp-{plan.model}-{w}-{k}" for k in range(w)]
+            workers = start_framepool_workers(sb, plan.model, 1, plan.device, names, plan.batch)
+            clients = [FramepoolPeer(settings, plan.model, jpegs) for _ in range(plan.clients)]
+            for k, c in enumerate(clients):  # one camera per client thread
+                c.camera_of = [k] * plan.frames
+            try:
+                run_clients(clients, 4 * chunk * plan.clients, chunk)  # warm-up
+                for r in range(plan.repeats):
+                    served = partial(_served, plan, clients, plan.frames, chunk)
+                    _pair(res, f"framepool_{w}", plan, loop, r, served)
+            finally:
+                for c in clients:
+                    c.close()
+                for child in workers:
+                    sb.stop(child)
+        _log(f"plain Celery: starting a threads worker (-c {PLAIN_CONCURRENCY})")
+        env = {"PLAIN_MODEL": plan.model, "PLAIN_DEVICE": plan.device}
+        from benchmarks.plain_celery import INFER_QUEUE
+
+        plain = start_plain_worker(sb, "threads", INFER_QUEUE, 1, PLAIN_CONCURRENCY, env)
+        peers = [PlainInferPeer(sb.redis_url, jpegs) for _ in range(plan.clients)]
+        plain_frames = max(64, plan.frames // 4)  # one frame per forward pass: slower
+        try:
+            run_clients(peers, 2 * PLAIN_CONCURRENCY * plan.clients, PLAIN_CONCURRENCY)  # warm-up
+            for r in range(plan.repeats):
+                served = partial(_served, plan, peers, plain_frames, PLAIN_CONCURRENCY)
+                _pair(res, "plain_celery", plan, loop, r, served)
+        finally:
+            for p in peers:
+                p.close()
+            sb.stop(plain)
+    finally:
+        loop.close()
+    return res
+
+
+# ------------------------------------------------------------------ entry point
+def command_line(plan: Plan, explicit_device: bool) -> str:
+    parts = [f"framepool bench gpu --model {plan.model} --batch {plan.batch}",
+             f"--frames {plan.frames} --repeats {plan.repeats}",
+             f"--workers {','.join(map(str, plan.workers))} --clients {plan.clients}"]  # fmt: skip
+    if explicit_device:
+        parts.append(f"--device {plan.device}")
+    return " ".join(parts)
+
+
+def main(*, model: str, batch: int, frames: int, repeats: int, workers: Sequence[int],
+         clients: int, device: str | None, out: Path, started: float,
+         docs: bool = True) -> int:  # fmt: skip
+    import torch
+
+    if device is None:
+        if not torch.cuda.is_available():
+            print("framepool bench gpu: no CUDA device (torch.cuda.is_available() is False); "
+                  "--device cpu runs the same steps as a trial")  # fmt: skip
+            return 2
+        device = "cuda:0"
+    threads = os.cpu_count() or 1
+    plan = Plan(model, batch, frames, repeats, tuple(workers), clients, device, threads)
+    command = command_line(plan, explicit_device=device != "cuda:0")
+    info = machine_info()
+    info["device"] = device
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        info["versions"]["cuda"] = torch.version.cuda
+        with contextlib.suppress(ImportError):
+            import torchvision
+
+            info["versions"]["torchvision"] = torchvision.__version__
+    jpegs = test_frames(DISTINCT_FRAMES, quality=Settings().jpeg_quality)
+    _log(f"{command}: {info['nproc']} CPUs; {info.get('gpu', device)}")
+    res: dict[str, Any] = {}
+
+    def body(sb: Sandbox) -> None:
+        res.update(measure(sb, plan, jpegs))
+
+    failed = run_sandboxed(body, quiet_logs())
+    if failed is not None:
+        return failed
+    report: dict[str, Any] = {
+        "command": command,
+        "date": utc_minute(),
+        "machine": info,
+        "config": {
+            "model": model,
+            "precision": res.pop("precision"),
+            "jpeg_on_device": res.pop("jpeg_on_device"),
+            "max_batch_size": batch,
+            "frames": frames,
+            "repeats": repeats,
+            "workers": list(workers),
+            "clients": clients,
+            "outstanding_per_client": [2 * batch, 4 * batch],
+            "decode_threads": threads,
+            "plain_concurrency": PLAIN_CONCURRENCY,
+            "warmup_frac": WARMUP_FRAC,
+            "jpeg_kb": round(sum(map(len, jpegs)) / len(jpegs) / 1024),
+        },
+        "details": res,
+        "runtime_s": round(time.time() - started, 1),
+    }
+    report["figures"] = gpu_report.build_figures(report)
+    if docs:
+        return save_report(report, out, gpu_report.DOCS, gpu_report.update_docs,
+                           gpu_report.print_summary)  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    gpu_report.print_summary(report)
+    print(f"\nrun time {report['runtime_s']:.0f} s; JSON in {out} (docs untouched: --no-docs)")
+    return 0
