@@ -10,7 +10,12 @@ messages stay in Redis's unacked set (Redis holds it, with AOF on disk) and the
 periodic sweep delivers them again after ``VISIBILITY_TIMEOUT_SECONDS``, while
 the worker reconnects and goes on.
 
-Also, for speed: the synchronous Redis client is built once per connection pool
+Also, for speed: after each BRPOP the consumer takes up to ``MULTI_POP`` more
+messages from the same list in one Lua call that writes their unacked-index
+entries in the same step (:meth:`Channel._deliver_more`), within the prefetch
+limit: under load one round trip brings many frames, and a message is never out
+of the list without its unacked entry (a worker killed mid-call loses nothing; the
+sweep restores them). Also: the synchronous Redis client is built once per connection pool
 instead of once per command (:class:`Channel`), the unacked index is written
 and acked with plain pipelines instead of MULTI/EXEC (:meth:`QoS.pipe_or_acquire`),
 and a delivery's unacked-index write happens just after the message is handed
@@ -25,11 +30,15 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
+from queue import Empty
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
 
 from framepool.log import get_logger
 
@@ -37,6 +46,39 @@ log = get_logger(__name__)
 
 #: what ``broker_transport`` names
 TRANSPORT = "framepool.broker:Transport"
+
+#: most messages the consumer takes after each BRPOP, in one round trip
+MULTI_POP = 31
+
+#: KEYS: the list, kombu's unacked hash, its index; ARGV: how many, now (s).
+#: RPOP up to ARGV[1] messages; each one that names its delivery tag, exchange and
+#: routing key gets its unacked entry (kombu's [message, exchange, routing_key] JSON:
+#: the message's own bytes, not re-encoded) and index score, as QoS.append writes
+#: them. Returns {message, 1 if its entry was written else 0} in pop order.
+POP_MANY = """
+local out = {}
+for i = 1, tonumber(ARGV[1]) do
+  local item = redis.call('RPOP', KEYS[1])
+  if not item then break end
+  local ok, msg = pcall(cjson.decode, item)
+  local tag, ex, rk
+  if ok and type(msg) == 'table' and type(msg.properties) == 'table' then
+    tag = msg.properties.delivery_tag
+    local info = msg.properties.delivery_info
+    if type(info) == 'table' then
+      ex, rk = info.exchange, info.routing_key
+    end
+  end
+  if type(tag) == 'string' and type(ex) == 'string' and type(rk) == 'string' then
+    redis.call('ZADD', KEYS[3], ARGV[2], tag)
+    redis.call('HSET', KEYS[2], tag, '[' .. item .. ',' .. cjson.encode(ex) .. ',' .. cjson.encode(rk) .. ']')
+    out[#out + 1] = {item, 1}
+  else
+    out[#out + 1] = {item, 0}
+  end
+end
+return out
+"""
 
 
 class QoS(kombu_redis.QoS):
@@ -60,10 +102,20 @@ class QoS(kombu_redis.QoS):
         self._lock = threading.Lock()
         #: delivery tag -> None (index not written yet) or an Event (being written)
         self._unwritten: dict[Any, threading.Event | None] = {}
+        #: tags whose entry the multi-pop script wrote as it popped them
+        self._prewritten: set[Any] = set()
+
+    def written_on_pop(self, delivery_tag: Any) -> None:
+        """The next delivery of ``delivery_tag`` already has its unacked entry."""
+        with self._lock:
+            self._prewritten.add(delivery_tag)
 
     def append(self, message: Any, delivery_tag: Any) -> None:
         with self._lock:
-            self._unwritten[delivery_tag] = None
+            if delivery_tag in self._prewritten:
+                self._prewritten.discard(delivery_tag)
+            else:
+                self._unwritten[delivery_tag] = None
         virtual.QoS.append(self, message, delivery_tag)
 
     def write_unacked(self, message: Any, delivery_tag: Any) -> None:
@@ -174,6 +226,9 @@ class Channel(kombu_redis.Channel):
 
     QoS = QoS
     _sync_client: Any = None
+    _pop_script: Any = None
+    #: most messages taken after each BRPOP in one round trip (0: one per BRPOP, as kombu)
+    multi_pop = MULTI_POP
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:
@@ -205,6 +260,57 @@ class Channel(kombu_redis.Channel):
                 self.qos.write_unacked(message, message.delivery_tag)
 
         return super().basic_consume(queue, no_ack, then_write_unacked, consumer_tag, **kwargs)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        """kombu's: read BRPOP's reply and deliver its message; then up to
+        :attr:`multi_pop` more from the same list (:meth:`_deliver_more`)."""
+        try:
+            try:
+                dest_item = self.client.parse_response(self.client.connection, "BRPOP", **options)
+            except self.connection_errors:
+                # a broken connection: disconnect, so the next poll reconnects
+                self.client.connection.disconnect()
+                raise
+            if not dest_item:
+                raise Empty()
+            key, item = dest_item
+            dest = bytes_to_str(key).rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(dest)
+            self.connection._deliver(loads(bytes_to_str(item)), dest)
+        finally:
+            self._in_poll = None  # type: ignore[assignment]  # as kombu does
+            flush = getattr(self, "_flush_brpop_reauth", None)  # kombu >= 5.6
+            if flush is not None:
+                flush()
+        self._deliver_more(key, dest)
+        return True
+
+    def _deliver_more(self, key: bytes, queue: str) -> None:
+        """Pop up to :attr:`multi_pop` more messages from list ``key`` (the prefetch
+        limit permitting) with their unacked entries written in the same Lua call,
+        and deliver them. A failed call leaves any message it popped in the unacked
+        set, where the sweep finds it after VISIBILITY_TIMEOUT_SECONDS."""
+        n = self.multi_pop
+        room = self.qos.can_consume_max_estimate()
+        if room is not None:
+            n = min(n, room)
+        if n <= 0:
+            return
+        keys = [key, self.unacked_key, self.unacked_index_key]
+        try:
+            with self.conn_or_acquire() as client:
+                script = self._pop_script
+                if script is None or script.registered_client is not client:
+                    script = self._pop_script = client.register_script(POP_MANY)
+                popped = script(keys=keys, args=[n, time.time()], client=client)
+        except Exception as exc:  # Redis away or a script error: BRPOP's message went on
+            log.warning("multi_pop_failed", queue=queue, error=f"{type(exc).__name__}: {exc}")
+            return
+        for item, written in popped:
+            payload = loads(bytes_to_str(item))
+            if written:
+                self.qos.written_on_pop(payload["properties"]["delivery_tag"])
+            self.connection._deliver(payload, queue)
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
         message = super().basic_get(queue, no_ack=no_ack, **kwargs)

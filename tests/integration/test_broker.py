@@ -57,6 +57,9 @@ def _publish(channel: Any, n: int = 1) -> Queue:
 
 
 def _consume_one(conn: Connection, queue: Queue, on_message: Callable[[Any], None]) -> None:
+    """One delivery through BRPOP alone: a message requeued during it would otherwise be
+    taken again at once by the multi-pop (tested below on its own)."""
+    conn.default_channel.multi_pop = 0
     got: list[Any] = []
 
     def callback(body: Any, message: Any) -> None:
@@ -160,3 +163,103 @@ def test_a_failed_write_is_restored_from_memory_when_the_channel_closes(
         assert _indices(channel) == (0, 0)  # never written...
         channel.qos.restore_unacked()
         assert channel._create_client().llen(QUEUE) == 1  # ...yet not lost
+
+
+# ------------------------------------------------------------------ several per round trip
+def _drain(conn: Connection, queue: Queue, prefetch: int | None, n: int) -> list[Any]:
+    """Deliveries until ``n`` messages came (or a drain finds nothing); not acked."""
+    got: list[Any] = []
+    channel = conn.default_channel
+    with Consumer(channel, queues=[queue], callbacks=[lambda body, m: got.append(m)]) as c:
+        if prefetch:
+            c.qos(prefetch_count=prefetch)
+        while len(got) < n:
+            try:
+                conn.drain_events(timeout=2)
+            except TimeoutError:
+                break
+    return got
+
+
+def test_one_round_trip_brings_several_messages_each_with_its_unacked_entry(
+    redis_url: str, monkeypatch: Any
+) -> None:
+    kombu_writes: list[Any] = []
+    kombu_write = kombu_redis.QoS.append
+
+    def counted_write(qos: Any, message: Any, tag: Any) -> None:
+        kombu_writes.append(tag)
+        kombu_write(qos, message, tag)
+
+    monkeypatch.setattr(kombu_redis.QoS, "append", counted_write)
+    with Connection(redis_url, transport=TRANSPORT) as conn:
+        channel = conn.default_channel
+        queue = _publish(channel, 10)
+        calls: list[int] = []
+        real = channel._deliver_more
+
+        def counted(key: bytes, name: str) -> None:
+            calls.append(1)
+            real(key, name)
+
+        channel._deliver_more = counted  # type: ignore[method-assign]
+        got = _drain(conn, queue, None, 10)
+        assert sorted(m.payload["i"] for m in got) == list(range(10))
+        assert len(calls) == 1  # BRPOP's one, then the other nine in one call
+        assert len(kombu_writes) == 1  # only BRPOP's entry is written after the hand-over
+        client = channel._create_client()
+        assert client.llen(QUEUE) == 0
+        assert _indices(channel) == (10, 10)  # every delivery is in the unacked set
+        for m in got:
+            entry = json.loads(client.hget(channel.unacked_key, m.delivery_tag))
+            assert entry[1:] == [QUEUE, QUEUE]  # kombu's [message, exchange, routing key]
+            assert entry[0]["properties"]["delivery_tag"] == m.delivery_tag
+        assert not channel.qos._unwritten and not channel.qos._prewritten
+        for m in got:
+            m.ack()
+        assert _indices(channel) == (0, 0)
+
+
+def test_the_prefetch_limit_bounds_what_one_round_trip_takes(redis_url: str) -> None:
+    with Connection(redis_url, transport=TRANSPORT) as conn:
+        channel = conn.default_channel
+        queue = _publish(channel, 10)
+        with Consumer(channel, queues=[queue], callbacks=[lambda body, m: None]) as c:
+            c.qos(prefetch_count=4)
+            conn.drain_events(timeout=2)
+            assert len(channel.qos._delivered) == 4  # BRPOP's one and three more
+            assert channel._create_client().llen(QUEUE) == 6
+            assert _indices(channel) == (4, 4)
+
+
+def test_unacked_messages_taken_several_at_a_time_are_restored_on_close(
+    redis_url: str,
+) -> None:
+    with Connection(redis_url, transport=TRANSPORT) as conn:
+        channel = conn.default_channel
+        queue = _publish(channel, 6)
+        got = _drain(conn, queue, None, 6)
+        assert len(got) == 6
+        got[0].ack()
+        client = channel._create_client()
+    # closing the connection restores what was delivered and not acked, from Redis
+    assert client.llen(QUEUE) == 5
+    assert client.hlen(kombu_redis.Channel.unacked_key) == 0
+    bodies = sorted(json.loads(base64.b64decode(json.loads(r)["body"]))["i"]
+                    for r in client.lrange(QUEUE, 0, -1))  # fmt: skip
+    assert bodies == sorted(m.payload["i"] for m in got[1:])
+
+
+def test_a_message_the_script_cannot_index_is_delivered_and_written_after(redis_url: str) -> None:
+    with Connection(redis_url, transport=TRANSPORT) as conn:
+        channel = conn.default_channel
+        queue = _publish(channel, 2)
+        client = channel._create_client()
+        first = json.loads(client.lindex(QUEUE, 0))  # the one the multi-pop takes
+        first["properties"]["delivery_info"]["routing_key"] = None  # not a string: left alone
+        client.lset(QUEUE, 0, json.dumps(first))
+        got = _drain(conn, queue, None, 2)
+        assert len(got) == 2
+        assert _indices(channel) == (2, 2)  # written by the QoS after the hand-over
+        for m in got:
+            m.ack()
