@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from queue import Empty
 from typing import Any
@@ -40,6 +41,7 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
+from framepool import keys
 from framepool.log import get_logger
 
 log = get_logger(__name__)
@@ -50,11 +52,13 @@ TRANSPORT = "framepool.broker:Transport"
 #: most messages the consumer takes after each BRPOP, in one round trip
 MULTI_POP = 31
 
-#: KEYS: the list, kombu's unacked hash, its index; ARGV: how many, now (s).
-#: RPOP up to ARGV[1] messages; each one that names its delivery tag, exchange and
-#: routing key gets its unacked entry (kombu's [message, exchange, routing_key] JSON:
-#: the message's own bytes, not re-encoded) and index score, as QoS.append writes
-#: them. Returns {message, 1 if its entry was written else 0} in pop order.
+#: KEYS: the list, kombu's unacked hash, its index; ARGV: how many, now (s), the
+#: claim-check key prefix ('' for none). RPOP up to ARGV[1] messages; each one that
+#: names its delivery tag, exchange and routing key gets its unacked entry (kombu's
+#: [message, exchange, routing_key] JSON: the message's own bytes, not re-encoded)
+#: and index score, as QoS.append writes them; the frame its task will read
+#: (prefix .. task id) comes back with it. Returns {message, 1 if its entry was
+#: written else 0, frame or nil} in pop order.
 POP_MANY = """
 local out = {}
 for i = 1, tonumber(ARGV[1]) do
@@ -69,16 +73,55 @@ for i = 1, tonumber(ARGV[1]) do
       ex, rk = info.exchange, info.routing_key
     end
   end
+  local written = 0
   if type(tag) == 'string' and type(ex) == 'string' and type(rk) == 'string' then
     redis.call('ZADD', KEYS[3], ARGV[2], tag)
     redis.call('HSET', KEYS[2], tag, '[' .. item .. ',' .. cjson.encode(ex) .. ',' .. cjson.encode(rk) .. ']')
-    out[#out + 1] = {item, 1}
-  else
-    out[#out + 1] = {item, 0}
+    written = 1
   end
+  local frame = false
+  if ARGV[3] ~= '' and ok and type(msg) == 'table' and type(msg.headers) == 'table'
+      and type(msg.headers.id) == 'string' then
+    frame = redis.call('GET', ARGV[3] .. msg.headers.id)
+  end
+  out[#out + 1] = {item, written, frame}
 end
 return out
 """
+
+
+class FramePrefetch:
+    """Claim-checked frames read with their messages (:data:`POP_MANY`), by job id, until
+    their task takes them; at most ``max_bytes`` held, the oldest dropped first (a
+    task whose frame is not here reads it from Redis, as without the prefetch)."""
+
+    def __init__(self, max_bytes: int = 256 << 20) -> None:
+        self.max_bytes = max_bytes
+        self._frames: OrderedDict[str, bytes] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def put(self, job_id: str, data: bytes) -> None:
+        with self._lock:
+            old = self._frames.pop(job_id, None)
+            self._bytes += len(data) - (len(old) if old is not None else 0)
+            self._frames[job_id] = data
+            while self._bytes > self.max_bytes and self._frames:
+                self._bytes -= len(self._frames.popitem(last=False)[1])
+
+    def take(self, job_id: str) -> bytes | None:
+        with self._lock:
+            data = self._frames.pop(job_id, None)
+            if data is not None:
+                self._bytes -= len(data)
+            return data
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+
+#: this process's prefetched frames (``WorkerRuntime._claim`` takes from here first)
+PREFETCHED = FramePrefetch()
 
 
 class QoS(kombu_redis.QoS):
@@ -229,6 +272,8 @@ class Channel(kombu_redis.Channel):
     _pop_script: Any = None
     #: most messages taken after each BRPOP in one round trip (0: one per BRPOP, as kombu)
     multi_pop = MULTI_POP
+    #: claim-checked frames are read with their messages ('' reads none)
+    frame_prefix = keys.frame_data("")
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:
@@ -296,20 +341,24 @@ class Channel(kombu_redis.Channel):
             n = min(n, room)
         if n <= 0:
             return
-        keys = [key, self.unacked_key, self.unacked_index_key]
+        script_keys = [key, self.unacked_key, self.unacked_index_key]
         try:
             with self.conn_or_acquire() as client:
                 script = self._pop_script
                 if script is None or script.registered_client is not client:
                     script = self._pop_script = client.register_script(POP_MANY)
-                popped = script(keys=keys, args=[n, time.time()], client=client)
+                popped = script(
+                    keys=script_keys, args=[n, time.time(), self.frame_prefix], client=client
+                )
         except Exception as exc:  # Redis away or a script error: BRPOP's message went on
             log.warning("multi_pop_failed", queue=queue, error=f"{type(exc).__name__}: {exc}")
             return
-        for item, written in popped:
+        for item, written, frame in popped:
             payload = loads(bytes_to_str(item))
             if written:
                 self.qos.written_on_pop(payload["properties"]["delivery_tag"])
+            if frame is not None:
+                PREFETCHED.put(payload["headers"]["id"], frame)
             self.connection._deliver(payload, queue)
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:

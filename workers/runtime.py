@@ -16,6 +16,7 @@ import numpy as np
 import redis
 
 from framepool import codec, deadletters, keys
+from framepool.broker import PREFETCHED
 from framepool.errors import (
     BadFrame,
     BadInput,
@@ -288,7 +289,11 @@ class WorkerRuntime:
         return runner.submit(job).result()
 
     def _claim(self, job_id: str) -> bytes:
-        """A claim-checked frame's bytes (deleted later, with its result)."""
+        """A claim-checked frame's bytes (deleted later, with its result): read with its
+        message by the consumer (``framepool.broker.PREFETCHED``), else from Redis."""
+        prefetched = PREFETCHED.take(job_id)
+        if prefetched is not None:
+            return prefetched
         try:
             data = self.client.get(keys.frame_data(job_id))
         except redis.RedisError as exc:

@@ -263,3 +263,32 @@ def test_a_message_the_script_cannot_index_is_delivered_and_written_after(redis_
         assert _indices(channel) == (2, 2)  # written by the QoS after the hand-over
         for m in got:
             m.ack()
+
+
+def test_claim_checked_frames_come_with_the_messages_taken_several_at_a_time(
+    redis_url: str,
+) -> None:
+    from framepool import keys
+    from framepool.broker import PREFETCHED
+
+    with Connection(redis_url, transport=TRANSPORT) as conn:
+        channel = conn.default_channel
+        client = channel._create_client()
+        queue = Queue(QUEUE, Exchange(QUEUE), QUEUE)
+        producer = Producer(channel)
+        for i in range(4):
+            job = f"job-{i}"
+            if i != 2:  # frame 2 has no claim-checked bytes (sent inline, say)
+                client.set(keys.frame_data(job), f"frame-{i}".encode())
+            producer.publish({"i": i}, exchange=queue.exchange, routing_key=QUEUE,
+                             declare=[queue], serializer="json", headers={"id": job})  # fmt: skip
+        got = _drain(conn, queue, None, 4)
+        assert [m.headers["id"] for m in got] == ["job-0", "job-1", "job-2", "job-3"]
+        # job-0 came through BRPOP (its task reads its frame itself); the rest in one call
+        assert PREFETCHED.take("job-0") is None and PREFETCHED.take("job-2") is None
+        assert PREFETCHED.take("job-1") == b"frame-1"
+        assert PREFETCHED.take("job-3") == b"frame-3"
+        assert PREFETCHED.take("job-3") is None  # taken once
+        assert client.get(keys.frame_data("job-1")) == b"frame-1"  # read, not deleted
+        for m in got:
+            m.ack()
