@@ -31,8 +31,9 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from queue import Empty
 from typing import Any
 
@@ -147,6 +148,12 @@ class QoS(kombu_redis.QoS):
         self._unwritten: dict[Any, threading.Event | None] = {}
         #: tags whose entry the multi-pop script wrote as it popped them
         self._prewritten: set[Any] = set()
+        #: task id -> delivery tag, and back, for the deliveries registered here
+        self._tag_of: dict[str, Any] = {}
+        self._job_of: dict[Any, str] = {}
+        #: tags whose entry the worker removed with the task's result (:func:`entries_for`)
+        self._removed: set[Any] = set()
+        _CONSUMING.add(self)
 
     def written_on_pop(self, delivery_tag: Any) -> None:
         """The next delivery of ``delivery_tag`` already has its unacked entry."""
@@ -154,12 +161,44 @@ class QoS(kombu_redis.QoS):
             self._prewritten.add(delivery_tag)
 
     def append(self, message: Any, delivery_tag: Any) -> None:
+        job_id = (getattr(message, "headers", None) or {}).get("id")
         with self._lock:
             if delivery_tag in self._prewritten:
                 self._prewritten.discard(delivery_tag)
             else:
                 self._unwritten[delivery_tag] = None
+            if isinstance(job_id, str):
+                self._tag_of[job_id] = delivery_tag
+                self._job_of[delivery_tag] = job_id
         virtual.QoS.append(self, message, delivery_tag)
+
+    def indexed(self, job_ids: Iterable[str]) -> dict[str, Any]:
+        """Delivery tags of ``job_ids`` registered here whose unacked entry is in Redis
+        now (written, not being written, not settled)."""
+        with self._lock:
+            out = {}
+            for job_id in job_ids:
+                tag = self._tag_of.get(job_id)
+                if tag is not None and tag not in self._unwritten and tag not in self._removed:
+                    out[job_id] = tag
+            return out
+
+    def removed_in_redis(self, tags: Iterable[Any]) -> None:
+        """``tags``' unacked entries are gone from Redis (the worker removed them with the
+        tasks' results): their ack is local only."""
+        with self._lock:
+            self._removed.update(t for t in tags if t in self._job_of)
+
+    def _forget(self, delivery_tag: Any) -> bool:
+        """Drop ``delivery_tag``'s bookkeeping; True when its entry was removed in Redis."""
+        with self._lock:
+            job_id = self._job_of.pop(delivery_tag, None)
+            if job_id is not None and self._tag_of.get(job_id) == delivery_tag:
+                del self._tag_of[job_id]
+            if delivery_tag in self._removed:
+                self._removed.discard(delivery_tag)
+                return True
+            return False
 
     def write_unacked(self, message: Any, delivery_tag: Any) -> None:
         """Write a registered delivery to Redis's unacked index (ZADD + HSET), unless it
@@ -236,7 +275,8 @@ class QoS(kombu_redis.QoS):
             )
 
     def ack(self, delivery_tag: Any) -> None:
-        if self._settle_unwritten(delivery_tag):
+        removed = self._forget(delivery_tag)
+        if removed or self._settle_unwritten(delivery_tag):
             virtual.QoS.ack(self, delivery_tag)  # nothing in Redis to remove
             return
         if self._gone():
@@ -246,7 +286,8 @@ class QoS(kombu_redis.QoS):
         super().ack(delivery_tag)
 
     def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
-        if self._settle_unwritten(delivery_tag):
+        removed = self._forget(delivery_tag)
+        if removed or self._settle_unwritten(delivery_tag):
             if requeue:
                 self._restore_from_memory(self._delivered[delivery_tag])
             virtual.QoS.ack(self, delivery_tag)
@@ -256,6 +297,33 @@ class QoS(kombu_redis.QoS):
             self._delivered.pop(delivery_tag, None)
             return
         super().reject(delivery_tag, requeue=requeue)
+
+
+_CONSUMING: weakref.WeakSet[QoS] = weakref.WeakSet()
+
+
+def entries_for(job_ids: Iterable[str]) -> tuple[list[str], list[Any], list[tuple[QoS, Any]]]:
+    """The unacked entries in Redis of this process's deliveries of ``job_ids``: the
+    unacked hash and index keys ([] when none), the delivery tags, and (qos, tag)
+    pairs for :func:`removed_in_redis` once a caller has deleted them."""
+    pairs: list[tuple[QoS, Any]] = []
+    redis_keys: list[str] = []
+    wanted = list(job_ids)
+    for qos in list(_CONSUMING):
+        found = qos.indexed(wanted)
+        if not found:
+            continue
+        keys_here = [qos.channel.unacked_key, qos.channel.unacked_index_key]
+        if redis_keys and keys_here != redis_keys:
+            continue  # another transport option set: left to the ack
+        redis_keys = keys_here
+        pairs += [(qos, tag) for tag in found.values()]
+    return redis_keys, [tag for _, tag in pairs], pairs
+
+
+def removed_in_redis(pairs: Iterable[tuple[QoS, Any]]) -> None:
+    for qos, tag in pairs:
+        qos.removed_in_redis([tag])
 
 
 class Channel(kombu_redis.Channel):

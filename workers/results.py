@@ -14,7 +14,7 @@ import msgpack
 import redis
 from celery import states
 
-from framepool import keys
+from framepool import broker, keys
 from framepool.errors import ResultNotStored
 from framepool.log import get_logger
 from framepool.schemas import FrameMeta, Status
@@ -106,14 +106,19 @@ def build_result(
 # written (a frame executed twice: redelivered after a lost worker or a
 # visibility timeout) writes nothing and is returned. The claim-checked frame's
 # bytes are deleted either way.
+# Then the unacked entries of the frames' deliveries are removed (kombu's unacked
+# hash and index, as its ack does): the task's ack that follows is local only.
 # KEYS per result: its done marker, its stream and order hash ("" without camera),
-# its Celery result key, its frame key.
+# its Celery result key, its frame key; then, when there are entries to remove,
+# the unacked hash and its index.
 # ARGV: maxlen, ttl, then per result model_id, seq (-1: none), enqueued_at,
-# job_id, status, result JSON (for the stream), Celery's encoded result.
+# job_id, status, result JSON (for the stream), Celery's encoded result; then the
+# delivery tags whose entries to remove.
 _APPEND = """
 local maxlen, ttl = ARGV[1], ARGV[2]
 local dups = {}
-for i = 1, #KEYS / 5 do
+local n = math.floor(#KEYS / 5)
+for i = 1, n do
   local k = 5 * (i - 1)
   local done, stream, order = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
   local a = 3 + (i - 1) * 7
@@ -141,6 +146,12 @@ for i = 1, #KEYS / 5 do
     end
   end
   redis.call('DEL', KEYS[k + 5])
+end
+if #KEYS == 5 * n + 2 then
+  for j = 3 + 7 * n, #ARGV do
+    redis.call('HDEL', KEYS[5 * n + 1], ARGV[j])
+    redis.call('ZREM', KEYS[5 * n + 2], ARGV[j])
+  end
 end
 return dups
 """
@@ -174,7 +185,9 @@ def drop_reason(result: Mapping[str, Any]) -> str | None:
 class ResultWriter:
     """Writes each batch's results once per job_id: Celery's result keys, the camera
     streams (in ``seq`` order per model, late ones marked), the drop and duplicate
-    counts, and deletes the claim-checked frames; one round trip per batch."""
+    counts, deletes the claim-checked frames and removes the frames' unacked entries
+    (``framepool.broker.entries_for``; their acks then need no round trip of their
+    own); one round trip per batch."""
 
     def __init__(self, client: redis.Redis, maxlen: int, ttl_s: int = 3600) -> None:
         self.client = client
@@ -217,6 +230,10 @@ class ResultWriter:
             ]
         if not script_keys:
             return set()
+        unacked_keys, tags, entries = broker.entries_for(models)
+        if tags:
+            script_keys += unacked_keys
+            args += tags
         try:
             # EVALSHA straight on the client: one round trip (in a redis-py pipeline a
             # script costs a SCRIPT EXISTS round trip first, on every execute)
@@ -226,6 +243,7 @@ class ResultWriter:
             # their queues (ResultNotStored) and are answered once Redis is back.
             log.error("result_write_failed", error=str(exc), results=len(models))
             raise ResultNotStored(f"cannot write results to Redis: {exc}") from exc
+        broker.removed_in_redis(entries)
         dups = {_text(j) for j in written_before or []}
         for job_id in dups:
             drops[(models[job_id], "duplicate")] += 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -292,3 +293,52 @@ def test_claim_checked_frames_come_with_the_messages_taken_several_at_a_time(
         assert client.get(keys.frame_data("job-1")) == b"frame-1"  # read, not deleted
         for m in got:
             m.ack()
+
+
+def test_the_result_write_removes_the_unacked_entries_and_the_ack_stays_local(
+    redis_url: str, monkeypatch: Any
+) -> None:
+    import redis as redis_py
+
+    from framepool.schemas import Status
+    from workers.results import FrameRecord, Origin, ResultWriter, build_result
+
+    removals: list[Any] = []
+    kombu_remove = kombu_redis.QoS._remove_from_indices
+
+    def counted(qos: Any, tag: Any, pipe: Any = None) -> Any:
+        removals.append(tag)
+        return kombu_remove(qos, tag, pipe)
+
+    monkeypatch.setattr(kombu_redis.QoS, "_remove_from_indices", counted)
+    with Connection(redis_url, transport=TRANSPORT) as conn:
+        channel = conn.default_channel
+        queue = Queue(QUEUE, Exchange(QUEUE), QUEUE)
+        producer = Producer(channel)
+        for i in range(3):
+            producer.publish({"i": i}, exchange=queue.exchange, routing_key=QUEUE,
+                             declare=[queue], serializer="json", headers={"id": f"r-{i}"})  # fmt: skip
+        got = _drain(conn, queue, None, 3)
+        assert _indices(channel) == (3, 3)
+        writer = ResultWriter(redis_py.Redis.from_url(redis_url), maxlen=100)
+        now = time.time()
+        meta = {"model_id": "m", "camera_id": None, "seq": 0, "captured_at": now,
+                "enqueued_at": now, "deadline_at": None, "format": "jpeg", "width": 1,
+                "height": 1}  # fmt: skip
+        origin = Origin("w", "cpu", "1")
+        results = [build_result(FrameRecord(f"r-{i}", f"r-{i}", dict(meta)), origin, Status.ok)
+                   for i in (0, 1)]  # fmt: skip
+        assert writer.write(results) == set()
+        assert _indices(channel) == (1, 1)  # r-0 and r-1 removed with their results
+        remaining = json.loads(channel._create_client().hvals(channel.unacked_key)[0])
+        assert remaining[0]["headers"]["id"] == "r-2"
+        by_id = {m.headers["id"]: m for m in got}
+        by_id["r-0"].ack()
+        by_id["r-2"].ack()
+        assert removals == [by_id["r-2"].delivery_tag]  # r-0's ack needed no round trip
+        by_id["r-1"].reject(requeue=True)  # its entry is gone: put back from memory
+        assert _indices(channel) == (0, 0)
+        (raw,) = channel._create_client().lrange(QUEUE, 0, -1)
+        assert json.loads(raw)["headers"]["id"] == "r-1"
+        qos = channel.qos
+        assert not qos._removed and not qos._tag_of and not qos._job_of
