@@ -28,7 +28,6 @@ Without CUDA, ``--device cpu`` runs the same steps as a trial (no utilization).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 import time
@@ -45,15 +44,14 @@ from benchmarks.harness import (
     BenchError,
     Sandbox,
     machine_info,
-    quiet_logs,
-    run_sandboxed,
+    run_measure,
     save_report,
     test_frames,
     utc_minute,
 )
 from benchmarks.peers_clients import FramepoolPeer, PeerClient, Reply, run_closed
 from benchmarks.peers_stats import WARMUP_FRAC, batch_rate, closed_stats
-from benchmarks.pipeline import start_framepool_workers, start_plain_worker
+from benchmarks.pipeline import plain_value, start_framepool_workers, start_plain_worker
 from framepool.settings import Settings
 
 DISTINCT_FRAMES = 16
@@ -205,15 +203,8 @@ class PlainInferPeer:
                 for i in indices]  # fmt: skip
 
     def get(self, handle: Any, timeout: float) -> Reply | None:
-        from celery.exceptions import TimeoutError as CeleryTimeout
-
-        try:
-            value = handle.get(timeout=timeout)
-        except CeleryTimeout:
-            return None
-        if not isinstance(value, dict):
-            raise BenchError(f"plain task failed: {value!r}")
-        return Reply.from_dict(value)
+        value = plain_value(handle, timeout)
+        return None if value is None else Reply.from_dict(value)
 
     def close(self) -> None:
         self.app.close()
@@ -387,14 +378,9 @@ def main(*, model: str, batch: int, frames: int, repeats: int, workers: Sequence
             info["versions"]["torchvision"] = torchvision.__version__
     jpegs = test_frames(DISTINCT_FRAMES, quality=Settings().jpeg_quality)
     _log(f"{command}: {info['nproc']} CPUs; {info.get('gpu', device)}")
-    res: dict[str, Any] = {}
-
-    def body(sb: Sandbox) -> None:
-        res.update(measure(sb, plan, jpegs))
-
-    failed = run_sandboxed(body, quiet_logs())
-    if failed is not None:
-        return failed
+    res = run_measure(lambda sb: measure(sb, plan, jpegs))
+    if isinstance(res, int):
+        return res
     report: dict[str, Any] = {
         "command": command,
         "date": utc_minute(),
@@ -418,11 +404,5 @@ def main(*, model: str, batch: int, frames: int, repeats: int, workers: Sequence
         "runtime_s": round(time.time() - started, 1),
     }
     report["figures"] = gpu_report.build_figures(report)
-    if docs:
-        return save_report(report, out, gpu_report.DOCS, gpu_report.update_docs,
-                           gpu_report.print_summary)  # fmt: skip
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    gpu_report.print_summary(report)
-    print(f"\nrun time {report['runtime_s']:.0f} s; JSON in {out} (docs untouched: --no-docs)")
-    return 0
+    return save_report(report, out, gpu_report.DOCS, gpu_report.update_docs, gpu_report.print_summary,
+                       write_docs=docs)  # fmt: skip

@@ -406,6 +406,14 @@ def run_sandboxed(body: Callable[[Sandbox], None], *around: Any) -> int | None:
     return None
 
 
+def run_measure(measure: Callable[[Sandbox], dict[str, Any]]) -> dict[str, Any] | int:
+    """``measure(sandbox)``'s figures, with framepool's logs quiet, or the exit code
+    when the run failed or was interrupted (:func:`run_sandboxed`)."""
+    res: dict[str, Any] = {}
+    failed = run_sandboxed(lambda sb: res.update(measure(sb)), quiet_logs())
+    return failed if failed is not None else res
+
+
 @contextlib.contextmanager
 def quiet_logs() -> Iterator[None]:
     """framepool's and Celery's logging at WARNING in the benchmark process."""
@@ -419,17 +427,34 @@ def quiet_logs() -> Iterator[None]:
     yield
 
 
+def print_rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A plain-text table: columns padded to their widest cell, a rule under the header."""
+    table = [list(header), *map(list, rows)]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    print()
+    for j, row in enumerate(table):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+
+
 def save_report(
     report: dict[str, Any],
     out: Path,
     docs: Path,
     update_docs: Callable[[dict[str, Any]], None],
     show: Callable[[dict[str, Any]], None],
+    *,
+    write_docs: bool = True,
 ) -> int:
-    """Write the JSON, print the summary, rewrite the docs section; the exit code."""
+    """Write the JSON, print the summary, rewrite the docs section (unless not
+    ``write_docs``: a trial run); the exit code."""
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     show(report)
+    if not write_docs:
+        print(f"\nrun time {report['runtime_s']:.0f} s; JSON in {out} (docs untouched: --no-docs)")
+        return 0
     print(f"\nrun time {report['runtime_s']:.0f} s; JSON in {out}")
     try:
         update_docs(report)

@@ -28,7 +28,6 @@ installed, or cannot run here, are reported as such; the others still run.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,8 +39,7 @@ from benchmarks import peers_ray, peers_report, peers_triton
 from benchmarks.harness import (
     Sandbox,
     machine_info,
-    quiet_logs,
-    run_sandboxed,
+    run_measure,
     save_report,
     test_frames,
     utc_minute,
@@ -294,14 +292,9 @@ def main(frames: int, repeats: int, out: Path, started: float, *, latency_frames
     info["device"] = device
     info["versions"].update(_peer_versions())
     _log(f"{command}: {info['nproc']} CPUs, {info['cpu']}; {device}, torch threads {plan.threads}")
-    res: dict[str, Any] = {}
-
-    def body(sb: Sandbox) -> None:
-        res.update(measure(sb, plan, jpegs, status))
-
-    failed = run_sandboxed(body, quiet_logs())
-    if failed is not None:
-        return failed
+    res = run_measure(lambda sb: measure(sb, plan, jpegs, status))
+    if isinstance(res, int):
+        return res
     report: dict[str, Any] = {
         "command": command,
         "date": utc_minute(),
@@ -330,14 +323,8 @@ def main(frames: int, repeats: int, out: Path, started: float, *, latency_frames
         "runtime_s": round(time.time() - started, 1),
     }
     report["figures"] = peers_report.build_figures(report)
-    if docs:
-        return save_report(report, out, peers_report.DOCS, peers_report.update_docs,
-                           peers_report.print_summary)  # fmt: skip
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    peers_report.print_summary(report)
-    print(f"\nrun time {report['runtime_s']:.0f} s; JSON in {out} (docs untouched: --no-docs)")
-    return 0
+    return save_report(report, out, peers_report.DOCS, peers_report.update_docs, peers_report.print_summary,
+                       write_docs=docs)  # fmt: skip
 
 
 def _peer_versions() -> dict[str, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import ROOT, median, ratio, report_head, update_doc_section
+from benchmarks.harness import ROOT, median, print_rows, ratio, report_head, update_doc_section
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench-peers:latest:begin -->", "<!-- bench-peers:latest:end -->"
@@ -345,13 +345,7 @@ def update_docs(report: dict[str, Any], path: Path = DOCS) -> None:
 
 
 def print_summary(report: dict[str, Any]) -> None:
-    rows = [HEADER, *table_rows(report)]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
-    print()
-    for j, row in enumerate(rows):
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-        if j == 0:
-            print("  ".join("-" * w for w in widths))
+    print_rows(HEADER, table_rows(report))
     for line in not_measured(report):
         print(line)
     idle = report.get("idle_cpus", {})

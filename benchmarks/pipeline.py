@@ -271,6 +271,19 @@ def _open_loop(
     return done, max_late
 
 
+def plain_value(handle: Any, timeout: float) -> dict[str, Any] | None:
+    """A plain Celery task's result dict; None when it is not there within ``timeout`` s."""
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
+    try:
+        value = handle.get(timeout=timeout)
+    except CeleryTimeout:
+        return None
+    if not isinstance(value, dict):
+        raise BenchError(f"plain task failed: {value!r}")
+    return value
+
+
 class PlainClient:
     """The hand-rolled baseline's producer: ``apply_async`` per frame, ``get`` per result."""
 
@@ -310,21 +323,11 @@ class PlainClient:
 
     def open_loop(self, n: int, fps: float) -> dict[str, Any]:
         """The same schedule as framepool's (c); latency = completed_at - enqueued_at."""
-        from celery.exceptions import TimeoutError as CeleryTimeout
 
         def submit(i: int) -> Any:
             return self.submit(i, 1)[0]
 
-        def get(handle: Any, timeout: float) -> Any:
-            try:
-                value = handle.get(timeout=timeout)
-            except CeleryTimeout:
-                return None
-            if not isinstance(value, dict):
-                raise BenchError(f"plain task failed: {value!r}")
-            return value
-
-        done, late = _open_loop(n, fps, submit, get)
+        done, late = _open_loop(n, fps, submit, plain_value)
         added = [(r["completed_at"] - r["enqueued_at"]) * 1000.0 for r, _ in done]
         e2e = [ms for _, ms in done]
         return {

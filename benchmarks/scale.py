@@ -15,7 +15,6 @@ to docs/benchmarks.md.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections import Counter, deque
@@ -281,10 +280,4 @@ def main(
         "details": rows,
         "runtime_s": round(time.time() - started, 1),
     }
-    if docs:
-        return save_report(report, out, DOCS, update_docs, _show)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    _show(report)
-    print(f"\nrun time {report['runtime_s']:.0f} s; JSON in {out} (docs untouched: --no-docs)")
-    return 0
+    return save_report(report, out, DOCS, update_docs, _show, write_docs=docs)
