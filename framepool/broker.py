@@ -15,7 +15,10 @@ messages from the same list in one Lua call that writes their unacked-index
 entries in the same step (:meth:`Channel._deliver_more`), within the prefetch
 limit: under load one round trip brings many frames, and a message is never out
 of the list without its unacked entry (a worker killed mid-call loses nothing; the
-sweep restores them). Also: the synchronous Redis client is built once per connection pool
+sweep restores them). The same call reads each message's claim-checked frame
+(:data:`PREFETCHED`, so the task needs no GET of its own), and the worker's result
+write removes the frames' unacked entries (:func:`entries_for`), so their acks
+need no round trip either. Also: the synchronous Redis client is built once per connection pool
 instead of once per command (:class:`Channel`), the unacked index is written
 and acked with plain pipelines instead of MULTI/EXEC (:meth:`QoS.pipe_or_acquire`),
 and a delivery's unacked-index write happens just after the message is handed
