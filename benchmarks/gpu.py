@@ -256,12 +256,9 @@ def _measured(
         "wall_fps": round(len(stamps) / wall, 2) if wall > 0 else None,
         "gpu_util_percent": util.mean_between(start, end),
     }
-    if replies is not None:
-        stats.update(
-            {k: v for k, v in closed_stats(replies, wall).items() if k == "mean_batch_size"}
-        )
-    else:
-        stats["mean_batch_size"] = float(plan.batch)
+    stats["mean_batch_size"] = (
+        float(plan.batch) if replies is None else closed_stats(replies, wall)["mean_batch_size"]
+    )
     return stats
 
 
