@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import os
 import queue
 import signal
@@ -40,10 +41,23 @@ class Reply:
     inference_ms: float  # the forward pass of its batch
     batch_size: int
     added_ms: float | None = None  # framepool: (completed - enqueued) - inference
+    postprocess_ms: float = 0.0  # between the forward pass's end and completed_at
+    sent_at: float | None = None  # client clock (time.time()) at the send; open loop only
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Reply:
-        return cls(float(d["completed_at"]), float(d["inference_ms"]), int(d["batch_size"]))
+        return cls(
+            float(d["completed_at"]),
+            float(d["inference_ms"]),
+            int(d["batch_size"]),
+            postprocess_ms=float(d.get("postprocess_ms", 0.0)),
+        )
+
+    @property
+    def forward_span(self) -> tuple[float, float]:
+        """When its batch's forward pass ran (server clock, s)."""
+        end = self.completed_at - self.postprocess_ms / 1000.0
+        return end - self.inference_ms / 1000.0, end
 
 
 class PeerClient(Protocol):
@@ -75,8 +89,18 @@ def run_open(
     client: PeerClient, times: Sequence[float]
 ) -> tuple[list[tuple[int, Reply, float]], float]:
     """Frame ``i`` sent at ``times[i]`` s from the start; ``(i, reply, send-to-reply ms)``
-    in order and the largest lateness of a send (s)."""
-    return drive(times, client.submit, client.get)
+    in order and the largest lateness of a send (s). Each reply carries its send's
+    wall-clock time (``sent_at``), to set against the servers' stamps."""
+
+    def submit(indices: list[int]) -> list[tuple[Any, float]]:
+        sent = time.time()
+        return [(h, sent) for h in client.submit(indices)]
+
+    def get(handle: tuple[Any, float], timeout: float) -> Reply | None:
+        reply = client.get(handle[0], timeout)
+        return None if reply is None else dataclasses.replace(reply, sent_at=handle[1])
+
+    return drive(times, submit, get)
 
 
 # ------------------------------------------------------------------ asyncio bridge
@@ -143,9 +167,10 @@ class FramepoolPeer:
             return None
         if not r.ok:
             raise BenchError(f"framepool frame {handle.seq}: {r.status} {r.error}")
-        inference = r.timings_ms.inference
-        added = (r.completed_at - r.enqueued_at) * 1000.0 - inference
-        return Reply(r.completed_at, inference, r.batch_size, added_ms=added)
+        t = r.timings_ms
+        added = (r.completed_at - r.enqueued_at) * 1000.0 - t.inference
+        return Reply(r.completed_at, t.inference, r.batch_size, added_ms=added,
+                     postprocess_ms=t.postprocess)  # fmt: skip
 
     def close(self) -> None:
         self.producer.close()

@@ -65,14 +65,17 @@ class Resnet18Service:
             if self.cuda:
                 torch.cuda.synchronize()
             inference_ms = (time.perf_counter() - t0) * 1000.0
+            t_post = time.perf_counter()
             outputs = model.postprocess(raw, [FRAME_SIZE] * len(frames))
         done = time.time()
+        postprocess_ms = (time.perf_counter() - t_post) * 1000.0
         n = len(frames)
         return [
             {
                 "top1": _top1(out),
                 "completed_at": done,
                 "inference_ms": inference_ms,
+                "postprocess_ms": postprocess_ms,
                 "batch_size": n,
             }
             for out in outputs

@@ -5,7 +5,7 @@ the CPU split. No I/O, no clock: unit-tested on their own."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from benchmarks.harness import BenchError, median, percentile
@@ -61,15 +61,52 @@ def closed_stats(replies: Sequence[Reply], wall: float) -> dict[str, Any]:
     }
 
 
+def merged_spans(spans: Iterable[tuple[float, float]]) -> list[tuple[float, float]]:
+    """``spans`` sorted, with the ones that overlap or touch joined."""
+    out: list[tuple[float, float]] = []
+    for start, end in sorted(spans):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
+
+
+def model_idle_ms(done: Sequence[tuple[int, Reply, float]]) -> list[float]:
+    """Per frame, the part of its send-to-reply time during which no forward pass ran.
+
+    A frame that arrives while the model runs an earlier batch waits for it with
+    any server, the direct call included: that wait is the model's, not the
+    serving's. What is left (moving the frame, decoding it while the model is
+    idle, waiting for a batch to fill, writing and reading the result) is what
+    the system adds. The forward passes are those of the replies' own batches
+    (``Reply.forward_span``, server clock), set against each frame's send
+    (``Reply.sent_at``, client clock: the same host) and reply."""
+    busy = merged_spans({r.forward_span for _, r, _ in done})
+    out = []
+    for _, r, ms in done:
+        if r.sent_at is None:
+            raise BenchError("a reply without its send time (sent_at)")
+        a, b = r.sent_at, r.sent_at + ms / 1000.0
+        covered = sum(max(0.0, min(b, e) - max(a, s)) for s, e in busy if s < b and e > a)
+        out.append(max(0.0, ms - covered * 1000.0))
+    return out
+
+
 def open_stats(done: Sequence[tuple[int, Reply, float]], late_s: float) -> dict[str, Any]:
     """Latency of one open-loop run: send to reply on the client (*e2e*), that less
-    the forward pass of the frame's batch (*overhead*), framepool's *added* latency."""
+    the forward pass of the frame's batch (*overhead*), that less every forward pass
+    it waited for (*model idle*, :func:`model_idle_ms`; when the replies carry their
+    send times), framepool's *added* latency from its worker's stamps."""
     if len(done) < 2:
         raise BenchError(f"only {len(done)} replies in an open-loop run")
     e2e = [ms for _, _, ms in done]
     over = [ms - r.inference_ms for _, r, ms in done]
     out: dict[str, Any] = {"frames": len(done)}
-    for name, values in (("e2e", e2e), ("overhead", over)):
+    series = [("e2e", e2e), ("overhead", over)]
+    if all(r.sent_at is not None for _, r, _ in done):
+        series.append(("model_idle", model_idle_ms(done)))
+    for name, values in series:
         out[f"{name}_p50_ms"] = round(percentile(values, 50), 3)
         out[f"{name}_p99_ms"] = round(percentile(values, 99), 3)
     out["inference_p50_ms"] = round(median(r.inference_ms for _, r, _ in done), 3)

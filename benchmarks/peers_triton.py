@@ -29,6 +29,7 @@ from benchmarks.peers_model import MODEL_ID, Resnet18Service
 from framepool.redis_server import free_port
 
 QUEUE_DELAY_US = 5000
+_OUTPUTS = ("completed_at", "inference_ms", "postprocess_ms", "batch_size")  # per frame
 NOT_INSTALLED = "not installed (pip install -e '.[bench]')"
 
 
@@ -146,7 +147,7 @@ class TritonClient:
         import numpy as np
 
         out = await self.client.infer_sample(frame=np.array([frame], dtype=np.object_))
-        return {k: out[k][0] for k in ("completed_at", "inference_ms", "batch_size")}
+        return {k: out[k][0] for k in _OUTPUTS}
 
     def submit(self, indices: Sequence[int]) -> list[Any]:
         k = len(self.jpegs)
@@ -193,6 +194,7 @@ def serve(argv: Sequence[str] | None = None) -> None:
         return {
             "completed_at": col("completed_at", np.float64),
             "inference_ms": col("inference_ms", np.float64),
+            "postprocess_ms": col("postprocess_ms", np.float64),
             "batch_size": col("batch_size", np.int32),
         }
 
@@ -216,6 +218,7 @@ def serve(argv: Sequence[str] | None = None) -> None:
             outputs=[
                 Tensor(name="completed_at", dtype=np.float64, shape=(1,)),
                 Tensor(name="inference_ms", dtype=np.float64, shape=(1,)),
+                Tensor(name="postprocess_ms", dtype=np.float64, shape=(1,)),
                 Tensor(name="batch_size", dtype=np.int32, shape=(1,)),
             ],
             config=ModelConfig(

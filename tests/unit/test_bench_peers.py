@@ -90,11 +90,44 @@ def test_open_stats_percentiles_overhead_and_added_latency() -> None:
     assert x["mean_batch_size"] == pytest.approx(1.5, abs=0.01)
     assert x["max_send_lateness_ms"] == 2.5
     assert "added_p50_ms" not in x  # only framepool's replies carry it
+    assert "model_idle_p50_ms" not in x  # the replies carry no send time
     fp = [(i, _reply(0.0, added=float(i)), 5.0) for i in range(11)]
     y = peers.open_stats(fp, 0.0)
     assert y["added_p50_ms"] == 5.0 and y["added_p99_ms"] == pytest.approx(9.9)
     with pytest.raises(BenchError):
         peers.open_stats(done[:1], 0.0)
+
+
+def test_forward_span_ends_before_the_postprocess() -> None:
+    r = Reply(completed_at=10.0, inference_ms=40.0, batch_size=2, postprocess_ms=2.0)
+    start, end = r.forward_span
+    assert end == pytest.approx(9.998) and start == pytest.approx(9.958)
+
+
+def test_merged_spans_joins_what_overlaps_or_touches() -> None:
+    spans = [(5.0, 6.0), (1.0, 2.0), (1.5, 3.0), (3.0, 4.0), (7.0, 7.5)]
+    assert peers.merged_spans(spans) == [(1.0, 4.0), (5.0, 6.0), (7.0, 7.5)]
+    assert peers.merged_spans([]) == []
+
+
+def test_model_idle_leaves_out_every_forward_pass_a_frame_waited_for() -> None:
+    # batch A: frame 0 alone, forward 10.000-10.050, completed 10.050
+    a = Reply(completed_at=10.050, inference_ms=50.0, batch_size=1, sent_at=9.990)
+    # batch B: frame 1 (sent while A ran) and frame 2 (sent while the model was idle),
+    # forward 10.055-10.105, then 1 ms of postprocess
+    b = dict(completed_at=10.106, inference_ms=50.0, batch_size=2, postprocess_ms=1.0)
+    f1 = Reply(**b, sent_at=10.010)  # type: ignore[arg-type]
+    f2 = Reply(**b, sent_at=10.052)  # type: ignore[arg-type]
+    done = [(0, a, 62.0), (1, f1, 98.0), (2, f2, 56.0)]
+    idle = peers.model_idle_ms(done)
+    # 0: 10 ms before its forward pass, 2 after it; 1: A's last 40 ms and B's 50 ms
+    # were the model's; 2: 3 ms before B, 3 after it
+    assert idle == pytest.approx([12.0, 8.0, 6.0])
+    x = peers.open_stats(done, 0.0)
+    assert x["model_idle_p50_ms"] == pytest.approx(8.0)
+    assert x["overhead_p50_ms"] == pytest.approx(12.0)  # e2e less its own forward pass
+    with pytest.raises(BenchError):
+        peers.model_idle_ms([(0, _reply(1.0), 5.0), *done])  # no send time
 
 
 def test_rotate_gives_every_system_a_turn_first() -> None:
@@ -121,7 +154,7 @@ def _run(fps: float, batch: float = 8.0, server: float = 50.0) -> dict[str, Any]
     }
 
 
-def _open(p50: float, p99: float, added: bool = False) -> dict[str, Any]:
+def _open(p50: float, p99: float, added: bool = False, idle: float = 3.0) -> dict[str, Any]:
     x: dict[str, Any] = {
         "frames": 32,
         "e2e_p50_ms": p50,
@@ -130,6 +163,8 @@ def _open(p50: float, p99: float, added: bool = False) -> dict[str, Any]:
         "overhead_p99_ms": p99 - 20.0,
         "inference_p50_ms": 20.0,
         "mean_batch_size": 1.2,
+        "model_idle_p50_ms": idle,
+        "model_idle_p99_ms": 3 * idle,
         "max_send_lateness_ms": 0.5,
         "cpu_ms_per_frame": {"server": 60.0, "client": 3.0, "others_cpus": 0.1},
     }
@@ -182,7 +217,7 @@ def report() -> dict[str, Any]:
             },
             "open": {
                 "direct": [_open(50.0, 100.0), _open(70.0, 140.0)],
-                "framepool": [_open(90.0, 200.0, added=True), _open(110.0, 160.0, added=True)],
+                "framepool": [_open(90.0, 200.0, True, 4.0), _open(110.0, 160.0, True, 5.0)],
                 "ray_handle": [_open(120.0, 240.0), _open(120.0, 240.0)],
             },
         },
@@ -205,6 +240,10 @@ def test_figures_are_medians_and_ratios_against_direct_from_the_same_run(
     assert f["ray_handle"]["p99_ratio"] == 2.0
     assert f["framepool"]["added_p50_ms"] == 6.0
     assert "added_p50_ms" not in f["ray_handle"]
+    assert (
+        f["framepool"]["model_idle_p50_ms"] == 4.5 and f["framepool"]["model_idle_p99_ms"] == 13.5
+    )
+    assert f["ray_handle"]["model_idle_p50_ms"] == 3.0
     assert f["framepool"]["cpu_ms_per_frame"]["server"] == 50.0
 
 
@@ -218,6 +257,9 @@ def test_latest_block_names_every_system_and_why_peers_are_missing(
     assert "- triton: not installed (pip install -e '.[bench]')" in text
     assert "dropped mid-run: BenchError: boom" in text
     assert "p50 6.00 ms, p99 12.00 ms" in text
+    assert "(*model idle*): framepool p50 4.50 ms, p99 13.50 ms" in text
+    assert "direct call 3.00 / 9.00; Ray Serve @serve.batch, DeploymentHandle 3.00 / 9.00" in text
+    assert "| 4.5 / 13.5 |" in text  # the table's column
     assert "framepool 0.004, ray 0.100" in text
     assert "20.0 frames/s (0.5 x the tight loop's 40.0 frames/s" in text
 
@@ -372,6 +414,8 @@ def test_drivers_send_every_frame_once_and_read_every_reply() -> None:
     done, late = run_open(c, [0.0, 0.01, 0.02, 0.02, 0.05])
     assert [i for i, _, _ in done] == [0, 1, 2, 3, 4] and c.sent == [0, 1, 2, 3, 4]
     assert all(ms >= 0 for _, _, ms in done) and late >= 0
+    sent = [r.sent_at for _, r, _ in done]
+    assert all(t is not None for t in sent) and sent == sorted(sent)  # type: ignore[type-var]
 
 
 def test_cli_refuses_unknown_peers() -> None:
