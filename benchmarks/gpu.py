@@ -13,10 +13,13 @@ By default resnet50 in its manifest's precision (fp16 on CUDA) at a batch cap of
   ``framepool.codec.decode`` + ``model.preprocess``.
 - *framepool*: 1, 2 ... real ``framepool worker --device cuda:0`` processes with
   ``MAX_BATCH_SIZE=batch``, frames through ``FrameProducer`` from ``--clients``
-  producer threads (each keeping 2-4 batches outstanding), results read back.
+  producer processes (each keeping 2-4 batches outstanding, one camera each;
+  :mod:`benchmarks.producer_procs`: one process cannot drive a GPU's workers),
+  results read back.
 - *plain Celery*: ``benchmarks.plain_celery``'s ``bench.infer``: one frame per
   task, the same decode/preprocess/forward/postprocess at batch 1, a threads pool
-  of ``PLAIN_CONCURRENCY``, the Redis result backend.
+  of ``PLAIN_CONCURRENCY``, the Redis result backend; ``--clients`` threads of
+  this process send its frames (it runs at tens of frames/s).
 
 Throughput comes from the completion stamps after the first 10% (as in ``bench
 peers``); GPU utilization is NVML's (the share of time a kernel ran), sampled every
@@ -49,9 +52,10 @@ from benchmarks.harness import (
     test_frames,
     utc_minute,
 )
-from benchmarks.peers_clients import FramepoolPeer, PeerClient, Reply, run_closed
+from benchmarks.peers_clients import PeerClient, Reply, run_closed
 from benchmarks.peers_stats import WARMUP_FRAC, batch_rate, closed_stats
 from benchmarks.pipeline import plain_value, start_framepool_workers, start_plain_worker
+from benchmarks.producer_procs import ProducerProcesses, shares
 from framepool.settings import Settings
 
 DISTINCT_FRAMES = 16
@@ -213,12 +217,12 @@ class PlainInferPeer:
 def run_clients(clients: Sequence[PeerClient], n: int, chunk: int) -> tuple[list[Reply], float]:
     """``n`` frames shared by ``clients``, each in a thread of its own with
     ``chunk``..``2*chunk`` outstanding; all replies and the wall time."""
-    shares = [n // len(clients) + (1 if k < n % len(clients) else 0) for k in range(len(clients))]
+    share = shares(n, len(clients))
     out: list[tuple[list[Reply], float] | BaseException] = [ValueError("not run")] * len(clients)
 
     def one(k: int) -> None:
         try:
-            out[k] = run_closed(clients[k], shares[k], chunk)
+            out[k] = run_closed(clients[k], share[k], chunk)
         except BaseException as exc:  # re-raised below
             out[k] = exc
 
@@ -271,9 +275,10 @@ def _limit(plan: Plan, loop: LimitLoop, n: int) -> dict[str, Any]:
     return _measured(plan, fn)
 
 
-def _served(plan: Plan, clients: Sequence[PeerClient], n: int, chunk: int) -> dict[str, Any]:
+def _served(plan: Plan, drive: Callable[[int, int], tuple[list[Reply], float]], n: int,
+            chunk: int) -> dict[str, Any]:  # fmt: skip
     def fn() -> tuple[list[float], float, list[Reply]]:
-        replies, wall = run_clients(clients, n, chunk)
+        replies, wall = drive(n, chunk)
         return [r.completed_at for r in replies], wall, replies
 
     return _measured(plan, fn)
@@ -306,17 +311,14 @@ def measure(sb: Sandbox, plan: Plan, jpegs: Sequence[bytes]) -> dict[str, Any]:
             _log(f"framepool: starting {w} worker(s) on {plan.device}")
             names = [f"fp-{plan.model}-{w}-{k}" for k in range(w)]
             workers = start_framepool_workers(sb, plan.model, 1, plan.device, names, plan.batch)
-            clients = [FramepoolPeer(settings, plan.model, jpegs) for _ in range(plan.clients)]
-            for k, c in enumerate(clients):  # one camera per client thread
-                c.camera_of = [k] * plan.frames
+            procs = ProducerProcesses(sb.redis_url, plan.batch, plan.model, jpegs, plan.clients)
             try:
-                run_clients(clients, 4 * chunk * plan.clients, chunk)  # warm-up
+                procs.run(4 * chunk * plan.clients, chunk)  # warm-up (and the processes' start)
                 for r in range(plan.repeats):
-                    served = partial(_served, plan, clients, plan.frames, chunk)
+                    served = partial(_served, plan, procs.run, plan.frames, chunk)
                     _pair(res, f"framepool_{w}", plan, loop, r, served)
             finally:
-                for c in clients:
-                    c.close()
+                procs.close()
                 for child in workers:
                     sb.stop(child)
         _log(f"plain Celery: starting a threads worker (-c {PLAIN_CONCURRENCY})")
@@ -329,7 +331,8 @@ def measure(sb: Sandbox, plan: Plan, jpegs: Sequence[bytes]) -> dict[str, Any]:
         try:
             run_clients(peers, 2 * PLAIN_CONCURRENCY * plan.clients, PLAIN_CONCURRENCY)  # warm-up
             for r in range(plan.repeats):
-                served = partial(_served, plan, peers, plain_frames, PLAIN_CONCURRENCY)
+                drive = partial(run_clients, peers)
+                served = partial(_served, plan, drive, plain_frames, PLAIN_CONCURRENCY)
                 _pair(res, "plain_celery", plan, loop, r, served)
         finally:
             for p in peers:

@@ -99,7 +99,7 @@ def latest_block(report: dict[str, Any]) -> str:
         f"{'GPU (nvJPEG)' if cfg.get('jpeg_on_device') else 'CPU'}, "
         f"batch cap {cfg['max_batch_size']}, "
         f"{cfg['jpeg_kb']} KB 640x480 JPEG q90 frames; {cfg['frames']} frames a run, "
-        f"{cfg['repeats']} repeats; {cfg['clients']} producer threads with "
+        f"{cfg['repeats']} repeats; {cfg['clients']} producer processes with "
         f"{cfg['outstanding_per_client'][0]}-{cfg['outstanding_per_client'][1]} frames "
         f"outstanding each; the limit with {cfg['decode_threads']} decode threads; plain "
         f"Celery with {cfg['plain_concurrency']} threads",

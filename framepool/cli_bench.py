@@ -157,7 +157,7 @@ def _counts(value: str, option: str) -> list[int]:
 @click.option("--workers", "counts", default="1,2", show_default=True,
               help="framepool worker processes on the GPU, comma-separated")  # fmt: skip
 @click.option("--clients", default=4, show_default=True, type=click.IntRange(1, 64),
-              help="producer threads")  # fmt: skip
+              help="producer processes (plain Celery: threads)")  # fmt: skip
 @click.option("--device", default=None,
               help="cuda:N [cuda:0]; cpu runs the same steps as a trial")  # fmt: skip
 @click.option("--out", default="benchmarks/results/gpu.json", show_default=True)

@@ -1,0 +1,24 @@
+"""benchmarks.producer_procs: frames shared over client processes."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.producer_procs import _run, shares
+
+
+def test_shares_split_the_frames_evenly_and_lose_none() -> None:
+    assert shares(10, 4) == [3, 3, 2, 2]
+    assert shares(3, 4) == [1, 1, 1, 0]
+    assert shares(8, 1) == [8]
+    for n in (0, 1, 7, 100, 1001):
+        for count in (1, 2, 3, 16):
+            got = shares(n, count)
+            assert sum(got) == n and len(got) == count and max(got) - min(got) <= 1
+    with pytest.raises(ValueError):
+        shares(10, 0)
+
+
+def test_a_run_outside_a_started_process_says_so() -> None:
+    with pytest.raises(RuntimeError, match="not started"):
+        _run(0, 8, 4)
