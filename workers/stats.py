@@ -8,6 +8,7 @@ counts in Prometheus' style (``le`` upper bounds in milliseconds).
 from __future__ import annotations
 
 import threading
+from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -47,13 +48,7 @@ class Histogram:
         self.count = 0
 
     def observe(self, value: float, n: int = 1) -> None:
-        i = 0
-        for i, bound in enumerate(self.bounds):  # noqa: B007 - few buckets, early exit
-            if value <= bound:
-                break
-        else:
-            i = len(self.bounds)
-        self.counts[i] += n
+        self.counts[bisect_left(self.bounds, value)] += n  # the first bound >= value
         self.sum += value * n
         self.count += n
 

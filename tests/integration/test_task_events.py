@@ -8,6 +8,7 @@ travel in one ``task-multi`` message."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import defaultdict
 
@@ -28,6 +29,7 @@ def test_every_frame_has_its_three_events_in_fewer_messages(
     pubsub = client.pubsub()
     pubsub.psubscribe("*celeryev*")
     seen: dict[str, set[str]] = defaultdict(set)
+    shown: dict[str, str] = {}  # the result Flower shows, per task
     messages = [0]
     stop = threading.Event()
 
@@ -48,13 +50,18 @@ def test_every_frame_has_its_three_events_in_fewer_messages(
             for ev in events:
                 if ev.get("type", "").startswith("task-") and "uuid" in ev:
                     seen[ev["uuid"]].add(ev["type"])
+                    if ev["type"] == "task-succeeded":
+                        shown[ev["uuid"]] = ev.get("result")
 
     reader = threading.Thread(target=listen, daemon=True)
     reader.start()
     frame = codec.encode_jpeg(SyntheticCamera("ev", 160, 120, seed=1).frame(0).image)
     try:
         with FrameProducer(settings) as p:
-            handles = p.submit_many([{"model_id": "noop", "frame": frame} for _ in range(40)])
+            items = [
+                {"model_id": "noop", "frame": frame, "correlation_id": f"ev-{i}"} for i in range(40)
+            ]
+            handles = p.submit_many(items)
             assert all(h.get(timeout=30).ok for h in handles)
         want = {"task-received", "task-started", "task-succeeded"}
         ids = [h.job_id for h in handles]
@@ -68,3 +75,7 @@ def test_every_frame_has_its_three_events_in_fewer_messages(
     # batched: Celery's own flushing averages ~2 events per message here, the
     # 20 ms batches 12-17
     assert events >= 4 * messages[0], (events, messages[0])
+    # the task's result in Flower is one line about the frame's result
+    for i, j in enumerate(ids):
+        line = shown[j]
+        assert re.fullmatch(rf"ok model=noop batch=\d+ total=[\d.]+ms cid=ev-{i}", line), line

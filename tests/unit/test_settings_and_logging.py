@@ -99,3 +99,20 @@ def test_log_timer_reports_duration_and_failure(captured: io.StringIO) -> None:
     ok, failed = _json_lines(captured)
     assert ok["event"] == "model_load_done" and ok["duration_ms"] >= 0 and ok["model_id"] == "m"
     assert failed["event"] == "model_load_failed" and "boom" in failed["error"]
+
+
+def test_lines_below_the_level_are_dropped_before_any_processor() -> None:
+    import structlog
+
+    buf = io.StringIO()
+    configure_logging(Settings(_env_file=None, log_level="INFO", log_format="json"), stream=buf)
+    try:
+        # the level check comes first: a dropped debug line costs no timestamp, no redaction
+        assert structlog.get_config()["processors"][0] is structlog.stdlib.filter_by_level
+        log = get_logger("t")
+        log.debug("frame_done", batch_size=1)
+        log.info("kept", batch_size=2)
+        (line,) = _json_lines(buf)
+        assert line["event"] == "kept"
+    finally:
+        configure_logging(Settings(_env_file=None))
