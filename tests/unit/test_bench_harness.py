@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from benchmarks import pipeline, pipeline_report
-from benchmarks.harness import median, percentile, ratio, steady_rate
+from benchmarks.harness import closed_loop, median, percentile, ratio, steady_rate
 
 
 def test_percentile_interpolates_like_numpy() -> None:
@@ -69,7 +69,7 @@ def test_closed_loop_keeps_frames_outstanding_and_reads_all() -> None:
         return h * 10
 
     n = 200
-    results, wall = pipeline._closed_loop(n, submit, read)
+    results, wall = closed_loop(n, submit, read)
     assert results == [i * 10 for i in range(n)]
     assert submitted == list(range(n))
     assert max_out <= 2 * pipeline.CHUNK
