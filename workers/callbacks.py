@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import random
 import socket
@@ -45,6 +44,7 @@ from framepool.celery_app import create_app, thread_worker
 from framepool.deadletters import Delivery, is_http_url, mask_url
 from framepool.log import bind_frame, get_logger
 from framepool.settings import Settings
+from workers.results import result_json
 
 if TYPE_CHECKING:
     from workers.results import FrameRecord
@@ -86,7 +86,7 @@ def backoff_delay(
 
 
 def encode_body(result: Mapping[str, Any]) -> bytes:
-    return json.dumps(result, separators=(",", ":")).encode()
+    return result_json(result)
 
 
 def _user_agent() -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -11,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgpack
+import orjson
 import redis
 from celery import states
 
@@ -157,6 +157,23 @@ return dups
 """
 
 
+def _plain(value: Any) -> Any:
+    """What orjson cannot write on its own: numpy scalars and arrays (a model's
+    outputs may hold them) as Python numbers and lists."""
+    item = getattr(value, "tolist", None)
+    if callable(item):
+        return item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def result_json(result: Mapping[str, Any]) -> bytes:
+    """A result as compact JSON, as the camera streams and webhooks carry it. Written by
+    orjson (~10x quicker than ``json.dumps`` for a result); NaN and infinities become
+    ``null``, since JSON has none (a browser's ``JSON.parse`` refuses them), numpy
+    values become numbers, and non-string keys strings."""
+    return orjson.dumps(result, default=_plain, option=orjson.OPT_NON_STR_KEYS)
+
+
 def celery_result(result: Mapping[str, Any]) -> bytes:
     """``result`` as Celery's Redis backend stores a task's success (the same fields, the
     same serializer: ``result_serializer`` is msgpack in celeryconfig)."""
@@ -225,7 +242,7 @@ class ResultWriter:
                 repr(float(r.get("enqueued_at") or 0.0)),
                 r["job_id"],
                 r["status"],
-                json.dumps(r, separators=(",", ":")) if camera else "",
+                result_json(r) if camera else "",
                 celery_result(r),
             ]
         if not script_keys:
