@@ -6,7 +6,7 @@ same 640x480 JPEG q90 frames and the same batch cap (8), and does the same work
 per frame (``framepool.codec.decode``, ``model.preprocess``, one batched forward
 pass, ``model.postprocess``):
 
-- *direct*: the limit. Closed loop: ``benchmarks.pipeline.tight_loop`` (batches
+- *direct*: the limit. Closed loop: ``benchmarks.pipeline_tight_loop.tight_loop`` (batches
   of 8 in one process). Open loop: the camera app calling the model itself
   (:class:`~benchmarks.peers_clients.DirectPeer`: one model thread running
   whatever frames are waiting, up to 8, without waiting for more).

@@ -25,6 +25,14 @@ LABELS = {
     "triton_grpc": "Triton (PyTriton), gRPC",
     "triton_http": "Triton (PyTriton), HTTP",
 }
+SHORT = {
+    "direct": "direct call",
+    "framepool": "framepool",
+    "ray_handle": "Ray handle",
+    "ray_http": "Ray HTTP",
+    "triton_grpc": "Triton gRPC",
+    "triton_http": "Triton HTTP",
+}
 PEER_SYSTEMS = {"ray": ("ray_handle", "ray_http"), "triton": ("triton_grpc", "triton_http")}
 
 INTRO = """
@@ -46,7 +54,7 @@ down to the model's input size), `model.preprocess`, one batched forward pass
 under `torch.inference_mode`, `model.postprocess`
 (`benchmarks/peers_model.py`, shared by the in-process model, Ray and Triton).
 
-- **direct** (the limit): closed loop, `benchmarks.pipeline.tight_loop`
+- **direct** (the limit): closed loop, `benchmarks.pipeline_tight_loop.tight_loop`
   (batches of 8 in one process, as in `bench pipeline` (a)); open loop, the
   camera app calling the model itself: frames go into an in-process queue and
   one model thread runs whatever is waiting, up to 8, without waiting for more.
@@ -283,7 +291,7 @@ def latest_block(report: dict[str, Any]) -> str:
     fp = figs.get("framepool", {})
     if "model_idle_p50_ms" in fp:
         others = [
-            f"{LABELS[n].split(' (')[0]} {f['model_idle_p50_ms']:.2f} / {f['model_idle_p99_ms']:.2f}"
+            f"{SHORT[n]} {f['model_idle_p50_ms']:.2f} / {f['model_idle_p99_ms']:.2f}"
             for n, f in figs.items()
             if n != "framepool" and "model_idle_p50_ms" in f
         ]

@@ -258,7 +258,7 @@ def test_latest_block_names_every_system_and_why_peers_are_missing(
     assert "dropped mid-run: BenchError: boom" in text
     assert "p50 6.00 ms, p99 12.00 ms" in text
     assert "(*model idle*): framepool p50 4.50 ms, p99 13.50 ms" in text
-    assert "direct call 3.00 / 9.00; Ray Serve @serve.batch, DeploymentHandle 3.00 / 9.00" in text
+    assert "others: direct call 3.00 / 9.00; Ray handle 3.00 / 9.00." in text
     assert "| 4.5 / 13.5 |" in text  # the table's column
     assert "framepool 0.004, ray 0.100" in text
     assert "20.0 frames/s (0.5 x the tight loop's 40.0 frames/s" in text
