@@ -109,7 +109,9 @@ def open_stats(done: Sequence[tuple[int, Reply, float]], late_s: float) -> dict[
     for name, values in series:
         out[f"{name}_p50_ms"] = round(percentile(values, 50), 3)
         out[f"{name}_p99_ms"] = round(percentile(values, 99), 3)
-    out["inference_p50_ms"] = round(median(r.inference_ms for _, r, _ in done), 3)
+    forward = [r.inference_ms for _, r, _ in done]
+    out["inference_p50_ms"] = round(median(forward), 3)
+    out["inference_p99_ms"] = round(percentile(forward, 99), 3)
     out["mean_batch_size"] = round(sum(r.batch_size for _, r, _ in done) / len(done), 2)
     added = [r.added_ms for _, r, _ in done if r.added_ms is not None]
     if added:
