@@ -47,6 +47,7 @@ from benchmarks.harness import (
     BenchError,
     Sandbox,
     machine_info,
+    proc_cpu_s,
     run_measure,
     save_report,
     test_frames,
@@ -275,13 +276,51 @@ def _limit(plan: Plan, loop: LimitLoop, n: int) -> dict[str, Any]:
     return _measured(plan, fn)
 
 
+class ProcCpu:
+    """CPU seconds of named processes over a run (``worker-0``, ``producer-1``,
+    ``redis`` ...), summed per kind: per frame, and how many CPUs the busiest
+    process of each kind kept busy (1.0: a process that never waited, the limit of
+    one Python process)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.start = {name: proc_cpu_s(pid) for name, pid in pids.items()}
+        self.t0 = time.perf_counter()
+
+    def stop(self, frames: int) -> dict[str, dict[str, float]]:
+        wall = time.perf_counter() - self.t0
+        spent = {name: proc_cpu_s(pid) - self.start[name] for name, pid in self.pids.items()}
+        per_frame: dict[str, float] = {}
+        busiest: dict[str, float] = {}
+        for name, sec in spent.items():
+            kind = name.split("-")[0]
+            per_frame[kind] = per_frame.get(kind, 0.0) + sec * 1000.0 / max(frames, 1)
+            busiest[kind] = max(busiest.get(kind, 0.0), sec / wall if wall > 0 else 0.0)
+        return {
+            "cpu_ms_per_frame": {k: round(v, 3) for k, v in per_frame.items()},
+            "busiest_cpus": {k: round(v, 2) for k, v in busiest.items()},
+        }
+
+
 def _served(plan: Plan, drive: Callable[[int, int], tuple[list[Reply], float]], n: int,
-            chunk: int) -> dict[str, Any]:  # fmt: skip
+            chunk: int, pids: dict[str, int]) -> dict[str, Any]:  # fmt: skip
+    cpu = ProcCpu(pids)
+
     def fn() -> tuple[list[float], float, list[Reply]]:
         replies, wall = drive(n, chunk)
         return [r.completed_at for r in replies], wall, replies
 
-    return _measured(plan, fn)
+    stats = _measured(plan, fn)
+    stats.update(cpu.stop(stats["frames"]))
+    return stats
+
+
+def _pids(sb: Sandbox, workers: Sequence[Any], producers: Sequence[int]) -> dict[str, int]:
+    """The processes whose CPU a run reports: workers, producers, redis-server."""
+    pids = {f"worker-{k}": w.pid for k, w in enumerate(workers)}
+    pids.update({f"producer-{k}": pid for k, pid in enumerate(producers)})
+    pids["redis"] = sb.redis.proc.pid
+    return pids
 
 
 def _pair(res: dict[str, Any], key: str, plan: Plan, loop: LimitLoop, r: int,
@@ -294,7 +333,8 @@ def _pair(res: dict[str, Any], key: str, plan: Plan, loop: LimitLoop, r: int,
     res.setdefault(key, []).append(got)
     _log(f"repeat {r + 1}: limit {lim['steady_fps']:.0f} frames/s (GPU {lim['gpu_util_percent']}%), "
          f"{key} {got['steady_fps']:.0f} frames/s = {got['ratio']:.2f}x "
-         f"(GPU {got['gpu_util_percent']}%, mean batch {got['mean_batch_size']})")  # fmt: skip
+         f"(GPU {got['gpu_util_percent']}%, mean batch {got['mean_batch_size']}); CPU ms/frame "
+         f"{got['cpu_ms_per_frame']}, busiest process of each kind {got['busiest_cpus']} CPUs")  # fmt: skip
 
 
 def measure(sb: Sandbox, plan: Plan, jpegs: Sequence[bytes]) -> dict[str, Any]:
@@ -314,8 +354,9 @@ def measure(sb: Sandbox, plan: Plan, jpegs: Sequence[bytes]) -> dict[str, Any]:
             procs = ProducerProcesses(sb.redis_url, plan.batch, plan.model, jpegs, plan.clients)
             try:
                 procs.run(4 * chunk * plan.clients, chunk)  # warm-up (and the processes' start)
+                pids = _pids(sb, workers, procs.pids())
                 for r in range(plan.repeats):
-                    served = partial(_served, plan, procs.run, plan.frames, chunk)
+                    served = partial(_served, plan, procs.run, plan.frames, chunk, pids)
                     _pair(res, f"framepool_{w}", plan, loop, r, served)
             finally:
                 procs.close()
@@ -332,7 +373,8 @@ def measure(sb: Sandbox, plan: Plan, jpegs: Sequence[bytes]) -> dict[str, Any]:
             run_clients(peers, 2 * PLAIN_CONCURRENCY * plan.clients, PLAIN_CONCURRENCY)  # warm-up
             for r in range(plan.repeats):
                 drive = partial(run_clients, peers)
-                served = partial(_served, plan, drive, plain_frames, PLAIN_CONCURRENCY)
+                pids = _pids(sb, [plain], [os.getpid()])
+                served = partial(_served, plan, drive, plain_frames, PLAIN_CONCURRENCY, pids)
                 _pair(res, "plain_celery", plan, loop, r, served)
         finally:
             for p in peers:

@@ -15,7 +15,8 @@ HIST_HEADER = (
     "| GPU util % | plain Celery frames/s | framepool / plain |\n"
     "|---|---|---|---|---|---|---|---|---|"
 )
-HEADER = ["system", "frames/s", "x limit", "GPU util %", "limit's util %", "mean batch"]
+HEADER = ["system", "frames/s", "x limit", "GPU util %", "limit's util %", "mean batch",
+          "CPU ms/frame: workers / producers", "busiest worker / producer (CPUs)"]  # fmt: skip
 GOALS = {"ratio": 0.8, "util": 90.0, "vs_plain": 3.0}
 
 
@@ -38,6 +39,13 @@ def build_figures(report: dict[str, Any]) -> dict[str, Any]:
             "mean_batch_size": _med(runs, "mean_batch_size"),
             "repeats": len(runs),
         }
+        for field, kinds in (("cpu_ms_per_frame", ("worker", "producer", "redis")),
+                             ("busiest_cpus", ("worker", "producer"))):  # fmt: skip
+            have = [r[field] for r in runs if field in r]
+            if have:
+                systems[name][field] = {
+                    k: round(median(h.get(k, 0.0) for h in have), 3) for k in kinds
+                }
     fp = {k: v for k, v in systems.items() if k.startswith("framepool_")}
     best = max(fp, key=lambda k: fp[k]["steady_fps"] or 0.0) if fp else None
     plain = systems.get("plain_celery", {}).get("steady_fps")
@@ -57,9 +65,12 @@ def table_rows(report: dict[str, Any]) -> list[list[str]]:
         label = name.replace("framepool_", "framepool, ") + (
             " worker(s)" if name.startswith("framepool_") else ""
         )
+        cpu, busy = s.get("cpu_ms_per_frame"), s.get("busiest_cpus")
         rows.append([label, _f(s["steady_fps"]), _f(s["ratio"], ".2f"),
                      _f(s["gpu_util_percent"], ".1f"), _f(s["limit_gpu_util_percent"], ".1f"),
-                     _f(s["mean_batch_size"], ".1f")])  # fmt: skip
+                     _f(s["mean_batch_size"], ".1f"),
+                     f"{cpu['worker']:.2f} / {cpu['producer']:.2f}" if cpu else "-",
+                     f"{busy['worker']:.2f} / {busy['producer']:.2f}" if busy else "-"])  # fmt: skip
     return rows
 
 

@@ -71,6 +71,12 @@ class ProducerProcesses:
         replies = [r for f in futures for r in f.result()]
         return replies, time.perf_counter() - t0
 
+    def pids(self) -> list[int]:
+        """The client processes (started by the first :meth:`run`). The executor keeps
+        them in ``_processes``, its one record of them (present in every Python 3)."""
+        procs = getattr(self.pool, "_processes", None) or {}
+        return sorted(p.pid for p in procs.values() if p.pid is not None)
+
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 

@@ -38,6 +38,9 @@ def test_the_command_on_the_cpu_with_the_noop_model(tmp_path: Path) -> None:
             assert r["steady_fps"] > 0 and r["limit_fps"] > 0
             assert r["ratio"] == round(r["steady_fps"] / r["limit_fps"], 3)
             assert r["gpu_util_percent"] is None  # no GPU, no NVML reading
+            # CPU of the processes that did the work: every worker, every producer
+            assert r["cpu_ms_per_frame"]["worker"] > 0 and r["cpu_ms_per_frame"]["producer"] > 0
+            assert 0 < r["busiest_cpus"]["producer"] <= 1.05  # one process: one CPU at most
     assert all(r["mean_batch_size"] == 1.0 for r in runs["plain_celery"])
     figs = report["figures"]
     one = figs["systems"]["framepool_1"]
@@ -46,6 +49,7 @@ def test_the_command_on_the_cpu_with_the_noop_model(tmp_path: Path) -> None:
         + sorted(r["steady_fps"] for r in runs["framepool_1"])[1] / 2,
         abs=0.01,
     )
+    assert set(one["cpu_ms_per_frame"]) == {"worker", "producer", "redis"}
     best = figs["best_framepool"]
     assert figs["framepool_vs_plain"] == round(
         figs["systems"][best]["steady_fps"] / figs["systems"]["plain_celery"]["steady_fps"], 2
