@@ -209,7 +209,7 @@ def scenario_noop(
 
 
 # ------------------------------------------------------------------ entry point
-def main(frames: int, repeats: int, out: Path, started: float) -> int:
+def main(frames: int, repeats: int, out: Path, started: float, docs: bool = True) -> int:
     command = f"framepool bench pipeline --frames {frames} --repeats {repeats}"
     latency_frames = max(10, min(LATENCY_MAX_FRAMES, frames // 2))
     import torch
@@ -268,7 +268,7 @@ def main(frames: int, repeats: int, out: Path, started: float) -> int:
         },
         "runtime_s": round(runtime, 1),
     }
-    return save_report(report, out, DOCS, update_docs, _show)
+    return save_report(report, out, DOCS, update_docs, _show, write_docs=docs)
 
 
 def _show(report: dict[str, Any]) -> None:

@@ -63,6 +63,20 @@ class CpuMeter:
         return out
 
 
+def _latency(n: int, fps: float, late: float, added: Sequence[float],
+             e2e: Sequence[float]) -> dict[str, Any]:  # fmt: skip
+    """An open-loop run's figures: the schedule kept, added and round-trip percentiles."""
+    return {
+        "frames": n,
+        "fps": fps,
+        "max_submit_lateness_ms": round(late * 1000.0, 3),
+        "added_p50_ms": round(percentile(added, 50), 3),
+        "added_p99_ms": round(percentile(added, 99), 3),
+        "e2e_p50_ms": round(percentile(e2e, 50), 3),
+        "e2e_p99_ms": round(percentile(e2e, 99), 3),
+    }
+
+
 # ------------------------------------------------------------------ one run
 @dataclass
 class Run:
@@ -163,13 +177,7 @@ class FramepoolClient:
         e2e = [ms for _, ms in done]
         parts = ("queue", "decode", "preprocess", "batch_wait", "postprocess")
         return {
-            "frames": n,
-            "fps": fps,
-            "max_submit_lateness_ms": round(late * 1000.0, 3),
-            "added_p50_ms": round(percentile(added, 50), 3),
-            "added_p99_ms": round(percentile(added, 99), 3),
-            "e2e_p50_ms": round(percentile(e2e, 50), 3),
-            "e2e_p99_ms": round(percentile(e2e, 99), 3),
+            **_latency(n, fps, late, added, e2e),
             "inference_p50_ms": round(percentile([r.timings_ms.inference for r in results], 50), 3),
             "mean_batch_size": round(sum(r.batch_size for r in results) / len(results), 2),
             "median_parts_ms": {
@@ -284,15 +292,7 @@ class PlainClient:
         done, late = _open_loop(n, fps, submit, plain_value)
         added = [(r["completed_at"] - r["enqueued_at"]) * 1000.0 for r, _ in done]
         e2e = [ms for _, ms in done]
-        return {
-            "frames": n,
-            "fps": fps,
-            "max_submit_lateness_ms": round(late * 1000.0, 3),
-            "added_p50_ms": round(percentile(added, 50), 3),
-            "added_p99_ms": round(percentile(added, 99), 3),
-            "e2e_p50_ms": round(percentile(e2e, 50), 3),
-            "e2e_p99_ms": round(percentile(e2e, 99), 3),
-        }
+        return _latency(n, fps, late, added, e2e)
 
 
 def _warm(closed: Any, frames: int) -> None:

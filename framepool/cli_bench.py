@@ -20,12 +20,14 @@ def bench() -> None:
 @click.option("--frames", default=600, show_default=True, type=click.IntRange(10))
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(1))
 @click.option("--out", default="benchmarks/results/pipeline.json", show_default=True)
-def bench_pipeline(frames: int, repeats: int, out: str) -> None:
+@click.option("--no-docs", is_flag=True, help="leave docs/benchmarks.md alone (a trial run)")
+def bench_pipeline(frames: int, repeats: int, out: str, no_docs: bool) -> None:
     """End to end against the model's own loop and plain Celery (issue 2's goals)."""
     from benchmarks.pipeline import main as run
 
     started = time.time()
-    sys.exit(run(frames=frames, repeats=repeats, out=Path(out), started=started))
+    sys.exit(run(frames=frames, repeats=repeats, out=Path(out), started=started,
+                 docs=not no_docs))  # fmt: skip
 
 
 @bench.command(name="peers")
