@@ -38,6 +38,8 @@ def test_the_command_with_framepool_and_the_direct_call(tmp_path: Path) -> None:
     assert 0 < fp["e2e_p50_ms"] <= fp["e2e_p99_ms"]
     assert fp["p50_ratio"] == round(fp["e2e_p50_ms"] / figs["direct"]["e2e_p50_ms"], 3)
     assert "added_p50_ms" in fp and fp["closed_batch"] >= 1
+    for f in figs.values():  # the time in flight with no forward pass running: every system
+        assert 0 <= f["model_idle_p50_ms"] <= f["model_idle_p99_ms"] < f["e2e_p99_ms"]
     assert report["details"]["open"]["framepool"][0]["frames"] == 16
     assert report["peers"] == {"ray": "not selected (--peers)", "triton": "not selected (--peers)"}
     assert "- triton: not selected (--peers)" in proc.stdout
