@@ -56,17 +56,19 @@ def create_app(settings: Settings) -> Celery:
 
 
 def thread_worker(
-    app: Celery, name: str, queues: Sequence[str], concurrency: int, loglevel: str
-) -> Any:
-    """A Celery worker with a thread pool consuming ``queues`` (frame workers and the
-    webhook worker alike). Mingle and gossip are off: heartbeats in Redis do that job.
-    Task events are sent in batches (:class:`BatchedTaskEvents`)."""
+    app: Celery, name: str, queues: Sequence[str], concurrency: int, loglevel: str,
+    pool: Any = "threads",
+) -> Any:  # fmt: skip
+    """A Celery worker with a thread pool consuming ``queues`` (frame workers, with
+    ``workers.frame_pool.FramePool``, and the webhook worker). Mingle and gossip are
+    off: heartbeats in Redis do that job. Task events are sent in batches
+    (:class:`BatchedTaskEvents`)."""
     if BatchedTaskEvents not in app.steps["consumer"]:
         app.steps["consumer"].add(BatchedTaskEvents)
     return app.Worker(
         hostname=name,
         queues=list(queues),
-        pool="threads",
+        pool=pool,
         concurrency=concurrency,
         loglevel=loglevel,
         without_mingle=True,

@@ -42,6 +42,7 @@ from framepool.log import get_logger
 from framepool.nvml import NvmlSampler
 from framepool.settings import Settings
 from workers.device import resolve_device
+from workers.frame_pool import FramePool
 from workers.heartbeat import Heartbeat
 from workers.runtime import WorkerRuntime
 from workers.task import register_infer_task
@@ -140,15 +141,16 @@ def run_worker(
         )
 
     concurrency = concurrency or settings.worker_concurrency or 2 * settings.max_batch_size
+    stopped = threading.Event()
+    draining = _drain_on_shutdown(settings, runtime, heartbeat, consumer, stopped)
     worker = thread_worker(
         app,
         name,
         [keys.queue_name(m) for m in runtime.ready_models],
         concurrency,
         settings.log_level,
+        pool=FramePool.serving(runtime, draining.is_set, _reject_now),
     )
-    stopped = threading.Event()
-    _drain_on_shutdown(settings, runtime, heartbeat, consumer, stopped)
     try:
         worker.start()
     finally:
@@ -176,7 +178,7 @@ def _drain_on_shutdown(
     heartbeat: Heartbeat,
     consumer: list[Any],
     stopped: threading.Event,
-) -> None:
+) -> threading.Event:
     """On Celery's shutdown signal (SIGTERM, SIGINT, SIGQUIT) hand back the frames not yet
     in a batch at once (:meth:`WorkerRuntime.drain`). If the worker has not stopped
     ``SHUTDOWN_GRACE_SECONDS`` later (a batch still in the model), hand back every frame
@@ -218,6 +220,8 @@ def _drain_on_shutdown(
     def _received_while_draining(task_id: str | None = None, **_: object) -> None:
         if begun.is_set() and task_id:  # fetched as the drain began: straight back
             _reject_now([task_id])
+
+    return begun  # the frame pool asks it of each frame it starts (no task_prerun there)
 
 
 def _reject_now(job_ids: list[str]) -> None:

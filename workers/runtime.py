@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from typing import Any
 
 import numpy as np
@@ -200,20 +201,30 @@ class WorkerRuntime:
         meta: Any,
         redelivered: bool = False,
     ) -> dict[str, Any]:
+        """One frame to its written result (the calling thread waits for its batch)."""
+        out = self.start_frame(job_id, correlation_id, frame, meta, redelivered)
+        result = out if isinstance(out, dict) else out.result()
+        frame_done(result)
+        return result
+
+    def start_frame(
+        self,
+        job_id: str,
+        correlation_id: str,
+        frame: Any,
+        meta: Any,
+        redelivered: bool = False,
+    ) -> dict[str, Any] | Future[dict[str, Any]]:
+        """Check, read and decode one frame and hand it to its model's runner: the future
+        of its written result; or the result itself when the frame ended early (bad input,
+        expired, unserved), written already. The frame's ids are bound to the log lines."""
         camera = meta.get("camera_id") if isinstance(meta, dict) else None
         with bind_frame(correlation_id=correlation_id, camera_id=camera, job_id=job_id):
-            result = self._handle(job_id, correlation_id, frame, meta, redelivered)
-            log.debug(
-                "frame_done",
-                status=result["status"],
-                batch_size=result["batch_size"],
-                total_ms=result["timings_ms"]["total"],
-            )
-            return result
+            return self._handle(job_id, correlation_id, frame, meta, redelivered)
 
     def _handle(
         self, job_id: str, cid: str, frame: Any, meta: Any, redelivered: bool
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | Future[dict[str, Any]]:
         if self.fatal is not None:  # the task turns this into a requeue
             raise DeviceLost(f"worker {self.name} lost its device: {self.fatal}")
         started = time.time()
@@ -286,7 +297,7 @@ class WorkerRuntime:
         rec.timings["decode"] = (t1 - t0) * 1000.0
         rec.timings["preprocess"] = (t2 - t1) * 1000.0
         job = FrameJob(rec, x, (meta["width"], meta["height"]))
-        return runner.submit(job).result()
+        return runner.submit(job)
 
     def _claim(self, job_id: str) -> bytes:
         """A claim-checked frame's bytes (deleted later, with its result): read with its
@@ -409,6 +420,22 @@ class WorkerRuntime:
         raises ``ResultNotStored`` when Redis is away."""
         dups = self.results.write([result for _, result in done])
         self.callbacks.dispatch([d for d in done if d[0].job_id not in dups] if dups else done)
+
+
+def frame_done(result: dict[str, Any]) -> None:
+    """The debug line of an answered frame, with its ids (``correlation_id``,
+    ``camera_id``, ``job_id``) bound as every line of the frame has them."""
+    with bind_frame(
+        correlation_id=result.get("correlation_id"),
+        camera_id=result.get("camera_id"),
+        job_id=result.get("job_id"),
+    ):
+        log.debug(
+            "frame_done",
+            status=result.get("status"),
+            batch_size=result.get("batch_size"),
+            total_ms=(result.get("timings_ms") or {}).get("total"),
+        )
 
 
 def _text(value: bytes | str) -> str:
