@@ -1,4 +1,8 @@
-"""The ``framepool.infer`` Celery task: one frame, one task, one result, one ack."""
+"""The ``framepool.infer`` Celery task: one frame, one task, one result, one ack.
+
+A frame worker runs these tasks through its own pool (``workers.frame_pool``),
+which answers Celery's callbacks without calling the task's body; the body below
+is what a plain Celery pool runs, and the glimpse is what both return."""
 
 from __future__ import annotations
 
