@@ -30,15 +30,13 @@ from celery.exceptions import Reject
 from kombu.serialization import loads
 
 from framepool import keys
-from framepool.errors import BrokerUnavailable, DeviceLost, ResultNotStored, WorkerStopping
+from framepool.errors import WorkerStopping
 from framepool.log import get_logger
 from workers.runtime import WorkerRuntime, frame_done
-from workers.task import glimpse
+from workers.task import REQUEUE, glimpse
 
 log = get_logger(__name__)
 
-#: handed back to the queue rather than failed (a healthy worker answers them later)
-REQUEUE = (DeviceLost, WorkerStopping, ResultNotStored, BrokerUnavailable)
 ACCEPT = {"application/x-msgpack", "application/json"}
 
 

@@ -15,6 +15,12 @@ from framepool import keys
 from framepool.errors import BrokerUnavailable, DeviceLost, ResultNotStored, WorkerStopping
 from workers.runtime import WorkerRuntime
 
+#: a frame that ends with one of these goes back to its queue (no result, no ack): the
+#: GPU is gone (a healthy worker takes it while this process shuts down), the worker is
+#: draining and had not started it, or Redis is away (its bytes could not be read, or
+#: its result written)
+REQUEUE = (DeviceLost, WorkerStopping, ResultNotStored, BrokerUnavailable)
+
 
 class Glimpse:
     """What the task returns: one line about its result for Flower (the task-succeeded
@@ -81,13 +87,7 @@ def register_infer_task(app: Celery, runtime: WorkerRuntime) -> Task:
                 return Glimpse(previous)
         try:
             return Glimpse(runtime.handle(request.id, cid, frame, meta, redelivered))
-        except DeviceLost as exc:
-            # The GPU is gone: no result, no ack. The message goes back to the
-            # queue for a healthy worker while this process shuts down.
-            raise Reject(str(exc), requeue=True) from exc
-        except (WorkerStopping, ResultNotStored, BrokerUnavailable) as exc:
-            # The worker is draining and had not started this frame, or Redis is away (its
-            # bytes could not be read, or its result written): hand it back for later.
+        except REQUEUE as exc:
             raise Reject(str(exc), requeue=True) from exc
 
     return infer
