@@ -97,7 +97,8 @@ def ingest(
         fail(f"give one --source per --camera (got {len(cameras)} and {len(sources)})")
     interactive = sys.stdout.isatty()
     from framepool.log import configure_logging
-    from producer.ingest import IngestConfig, LiveStderr, run_ingest
+    from producer.ingest import IngestConfig, run_ingest
+    from producer.ingest_progress import LiveStderr
     from producer.sources import FrameSource, open_source
 
     if interactive:  # logs print above the progress display

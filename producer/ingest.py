@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import math
 import queue
-import sys
 import threading
 import time
 from collections import Counter
@@ -55,6 +54,7 @@ from framepool import codec
 from framepool.errors import BadFrame, BadInput, BrokerUnavailable, QueueFull, UnknownModel
 from framepool.log import get_logger
 from framepool.settings import Settings
+from producer.sampling import FpsSampler
 from producer.sources.base import Backoff, FrameSource
 
 log = get_logger(__name__)
@@ -70,42 +70,6 @@ class Submitter(Protocol):
     def submit_many(self, items: Iterable[Mapping[str, Any]]) -> list[Any]: ...
 
     def queue_depth(self, model_id: str) -> int: ...
-
-
-class FpsSampler:
-    """Chooses frames for a target fps from their timestamps alone (pure logic).
-
-    The first frame is taken; after that a frame is taken when it reaches the
-    next slot of a grid ``t0 + k / fps`` anchored at the first frame (no drift),
-    and the grid then moves past it (a gap never causes a burst). Timestamps
-    within a tenth of a source frame period before a slot count as on it, so a
-    jittery live stream keeps its rate. A target of None, or one at or above
-    the source's fps, takes every frame. Time going backwards (a stream that
-    restarted) restarts the grid.
-    """
-
-    def __init__(self, target_fps: float | None) -> None:
-        if target_fps is not None and not target_fps > 0:
-            raise BadInput(f"fps must be > 0, got {target_fps}")
-        self.target = target_fps
-        self._t0: float | None = None
-        self._next = -math.inf
-        self._last: float | None = None
-
-    def take(self, t: float, source_fps: float | None = None) -> bool:
-        if self.target is None or (source_fps is not None and self.target >= source_fps):
-            return True
-        period = 1.0 / self.target
-        tol = 0.1 / source_fps if source_fps else 1e-6
-        if self._t0 is None or (self._last is not None and t + tol < self._last):
-            self._t0, self._next = t, t  # first frame, or time went backwards
-        self._last = t
-        if t + tol < self._next:
-            return False
-        assert self._t0 is not None
-        slots = math.floor((t + tol - self._t0) / period) + 1
-        self._next = self._t0 + slots * period
-        return True
 
 
 @dataclass(frozen=True)
@@ -515,58 +479,7 @@ def run_ingest(
     ingest = Ingest(producer, sources, config)
     if not progress:
         return ingest.run()
-    with _ProgressView(ingest) as view:
+    from producer.ingest_progress import ProgressView
+
+    with ProgressView(ingest) as view:
         return ingest.run(on_tick=view.update)
-
-
-class LiveStderr:
-    """``sys.stderr`` looked up at each write: log lines printed while the progress display
-    runs go through rich's redirect, above the display, instead of through it."""
-
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
-
-
-class _ProgressView:
-    """One rich progress row per camera (and a total row for several): read, sent, dropped, rate."""
-
-    def __init__(self, ingest: Ingest) -> None:
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-        self.progress = Progress(
-            SpinnerColumn(finished_text="[green]✓"),
-            TextColumn("[bold]{task.description}"),
-            TextColumn("{task.fields[counts]}"),
-            TimeElapsedColumn(),
-            refresh_per_second=4,
-        )
-        rows = list(ingest.stats) + (["all cameras"] if len(ingest.stats) > 1 else [])
-        self.rows = {r: self.progress.add_task(r, total=None, counts="") for r in rows}
-
-    def __enter__(self) -> _ProgressView:
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.progress.stop()
-
-    def update(self, ingest: Ingest) -> None:
-        s = ingest.summary()
-        rows = {**s["cameras"], "all cameras": s}
-        for name, task in self.rows.items():
-            c = rows[name]
-            cam = ingest.stats.get(name)
-            done = ingest.ended_at is not None or (cam is not None and cam.done)
-            elapsed = s["duration_s"]
-            if cam is not None and cam.ended_at is not None and ingest.started_at is not None:
-                elapsed = cam.ended_at - ingest.started_at  # a finished camera's rate stays put
-            counts = (
-                f"read {c['read']}  sent {c['sent']}  skipped {c['skipped']}  "
-                f"dropped {sum(c['dropped'].values())}  {c['sent'] / max(elapsed, 1e-9):.1f} frames/s"
-            )
-            self.progress.update(
-                task, counts=counts, total=1 if done else None, completed=int(done)
-            )

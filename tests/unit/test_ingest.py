@@ -17,7 +17,8 @@ from PIL import Image
 from framepool import codec
 from framepool.errors import BadInput, BrokerUnavailable, QueueFull, UnknownModel
 from framepool.settings import Settings
-from producer.ingest import FpsSampler, IngestConfig, run_ingest
+from producer.ingest import IngestConfig, run_ingest
+from producer.sampling import FpsSampler
 from producer.sources import FrameSource, SourceFrame, SyntheticSource, open_source
 from producer.sources.base import Backoff, Stoppable, redact_url
 from producer.sources.folder import FolderSource
