@@ -107,7 +107,7 @@ class Stack:
         gateway: bool = True,
         flower: bool = True,
     ) -> None:
-        from workers.supervisor import plan_for
+        from workers.placement import plan_for
 
         self.settings = settings
         # one worker per (GPU, slot), models placed on each GPU's memory (docs/scaling.md)

@@ -17,16 +17,8 @@ from framepool.errors import BadInput, ModelRefused
 from framepool.nvml import GpuReading
 from framepool.settings import Settings
 from workers import supervisor
-from workers.supervisor import (
-    EXIT_GAVE_UP,
-    NvmlMemory,
-    RestartPolicy,
-    Supervisor,
-    WorkerSpec,
-    describe_exit,
-    plan_for,
-    plan_workers,
-)
+from workers.placement import NvmlMemory, WorkerSpec, plan_for, plan_workers
+from workers.supervisor import EXIT_GAVE_UP, RestartPolicy, Supervisor, describe_exit
 
 
 def reading(index: int, total_mb: float, used_mb: float) -> GpuReading:
