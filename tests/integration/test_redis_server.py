@@ -22,6 +22,8 @@ def test_embedded_redis_persists_with_aof_and_needs_its_password(tmp_path: Path)
         client.set("k", "v")
         assert client.config_get("appendonly")["appendonly"] == "yes"
         assert client.config_get("appendfsync")["appendfsync"] == "everysec"
+        rewrite_at = client.config_get("auto-aof-rewrite-min-size")["auto-aof-rewrite-min-size"]
+        assert int(rewrite_at) == 1024**3  # AOF_REWRITE_MIN_SIZE: few forks under frame load
         assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
         assert not ping(f"redis://127.0.0.1:{server.port}/0")  # no password: refused
         port = server.port
