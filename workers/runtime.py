@@ -8,6 +8,7 @@ waits for the model runner to include it in a batch.
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
@@ -40,6 +41,7 @@ from workers.runner import FrameJob, ModelRunner
 from workers.snapshot import build_snapshot
 
 log = get_logger(__name__)
+_stdlib_log = logging.getLogger(__name__)  # its level, read per frame
 
 _META_KEYS = ("model_id", "enqueued_at", "format", "width", "height")
 
@@ -424,7 +426,10 @@ class WorkerRuntime:
 
 def frame_done(result: dict[str, Any]) -> None:
     """The debug line of an answered frame, with its ids (``correlation_id``,
-    ``camera_id``, ``job_id``) bound as every line of the frame has them."""
+    ``camera_id``, ``job_id``) bound as every line of the frame has them. Nothing is
+    bound when the level is above DEBUG (it runs for every frame)."""
+    if not _stdlib_log.isEnabledFor(logging.DEBUG):
+        return
     with bind_frame(
         correlation_id=result.get("correlation_id"),
         camera_id=result.get("camera_id"),
