@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -43,26 +42,19 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import gpu_report
-from benchmarks.harness import (
-    BenchError,
-    Sandbox,
-    machine_info,
-    proc_cpu_s,
-    run_measure,
-    save_report,
-    test_frames,
-    utc_minute,
-)
-from benchmarks.peers_clients import PeerClient, Reply, run_closed
+from benchmarks.gpu_meters import ProcCpu, UtilSampler, steady_window, util_index
+from benchmarks.gpu_plain import PlainInferPeer, run_clients
+from benchmarks.harness import machine_info, save_report, test_frames, utc_minute
+from benchmarks.peers_clients import Reply
 from benchmarks.peers_stats import WARMUP_FRAC, batch_rate, closed_stats
-from benchmarks.pipeline import plain_value, start_framepool_workers, start_plain_worker
-from benchmarks.producer_procs import ProducerProcesses, shares
+from benchmarks.pipeline import start_framepool_workers, start_plain_worker
+from benchmarks.producer_procs import ProducerProcesses
+from benchmarks.sandbox import BenchError, Sandbox, run_measure
 from framepool.settings import Settings
 
 DISTINCT_FRAMES = 16
 FRAME_SIZE = (640, 480)
 PLAIN_CONCURRENCY = 8  # a hand-rolled GPU worker's threads: enough to keep one stream busy
-UTIL_EVERY_S = 0.1
 
 
 def _log(msg: str) -> None:
@@ -79,47 +71,6 @@ class Plan:
     clients: int
     device: str
     decode_threads: int
-
-
-# ------------------------------------------------------------------ GPU utilization
-class UtilSampler:
-    """NVML's utilization of GPU ``index`` every 0.1 s in a thread, while open."""
-
-    def __init__(self, index: int | None) -> None:
-        from framepool.nvml import NvmlSampler
-
-        self.index = index
-        self.samples: list[tuple[float, float]] = []
-        self._nvml = NvmlSampler(min_interval_s=UTIL_EVERY_S / 2) if index is not None else None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="util", daemon=True)
-
-    def __enter__(self) -> UtilSampler:
-        if self._nvml is not None:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(2)
-
-    def _run(self) -> None:
-        assert self._nvml is not None
-        while not self._stop.wait(UTIL_EVERY_S):
-            for r in self._nvml.read():
-                if r.index == self.index and r.utilization_percent is not None:
-                    self.samples.append((time.time(), r.utilization_percent))
-
-    def mean_between(self, start: float, end: float) -> float | None:
-        window = [u for t, u in self.samples if start <= t <= end]
-        return round(sum(window) / len(window), 1) if window else None
-
-
-def steady_window(stamps: Sequence[float]) -> tuple[float, float]:
-    """The throughput window of ``batch_rate``: after the first 10% of completions."""
-    ts = sorted(stamps)
-    return ts[int(len(ts) * WARMUP_FRAC)], ts[-1]
 
 
 # ------------------------------------------------------------------ the limit
@@ -187,72 +138,11 @@ class LimitLoop:
         return stamps
 
 
-# ------------------------------------------------------------------ plain Celery's client
-class PlainInferPeer:
-    """``bench.infer`` per frame with ``apply_async``; each result read back."""
-
-    name = "plain_celery"
-
-    def __init__(self, redis_url: str, jpegs: Sequence[bytes]) -> None:
-        from benchmarks.plain_celery import INFER_TASK, make_app
-
-        self.app = make_app(redis_url)
-        self.task = self.app.tasks[INFER_TASK]
-        self.jpegs = jpegs
-
-    def submit(self, indices: Sequence[int]) -> list[Any]:
-        from benchmarks.plain_celery import INFER_QUEUE
-
-        k = len(self.jpegs)
-        return [self.task.apply_async((self.jpegs[i % k], time.time()), queue=INFER_QUEUE)
-                for i in indices]  # fmt: skip
-
-    def get(self, handle: Any, timeout: float) -> Reply | None:
-        value = plain_value(handle, timeout)
-        return None if value is None else Reply.from_dict(value)
-
-    def close(self) -> None:
-        self.app.close()
-
-
-def run_clients(clients: Sequence[PeerClient], n: int, chunk: int) -> tuple[list[Reply], float]:
-    """``n`` frames shared by ``clients``, each in a thread of its own with
-    ``chunk``..``2*chunk`` outstanding; all replies and the wall time."""
-    share = shares(n, len(clients))
-    out: list[tuple[list[Reply], float] | BaseException] = [ValueError("not run")] * len(clients)
-
-    def one(k: int) -> None:
-        try:
-            out[k] = run_closed(clients[k], share[k], chunk)
-        except BaseException as exc:  # re-raised below
-            out[k] = exc
-
-    threads = [
-        threading.Thread(target=one, args=(k,), name=f"client-{k}") for k in range(len(clients))
-    ]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    replies: list[Reply] = []
-    for o in out:
-        if isinstance(o, BaseException):
-            raise o
-        replies.extend(o[0])
-    return replies, wall
-
-
 # ------------------------------------------------------------------ measuring
-def _util_index(device: str) -> int | None:
-    return int(device.split(":")[1]) if device.startswith("cuda:") else None
-
-
 def _measured(
     plan: Plan, fn: Callable[[], tuple[list[float], float, list[Reply] | None]]
 ) -> dict[str, Any]:
-    with UtilSampler(_util_index(plan.device)) as util:
+    with UtilSampler(util_index(plan.device)) as util:
         stamps, wall, replies = fn()
     start, end = steady_window(stamps)
     stats: dict[str, Any] = {
@@ -274,32 +164,6 @@ def _limit(plan: Plan, loop: LimitLoop, n: int) -> dict[str, Any]:
         return stamps, time.perf_counter() - t0, None
 
     return _measured(plan, fn)
-
-
-class ProcCpu:
-    """CPU seconds of named processes over a run (``worker-0``, ``producer-1``,
-    ``redis`` ...), summed per kind: per frame, and how many CPUs the busiest
-    process of each kind kept busy (1.0: a process that never waited, the limit of
-    one Python process)."""
-
-    def __init__(self, pids: dict[str, int]) -> None:
-        self.pids = pids
-        self.start = {name: proc_cpu_s(pid) for name, pid in pids.items()}
-        self.t0 = time.perf_counter()
-
-    def stop(self, frames: int) -> dict[str, dict[str, float]]:
-        wall = time.perf_counter() - self.t0
-        spent = {name: proc_cpu_s(pid) - self.start[name] for name, pid in self.pids.items()}
-        per_frame: dict[str, float] = {}
-        busiest: dict[str, float] = {}
-        for name, sec in spent.items():
-            kind = name.split("-")[0]
-            per_frame[kind] = per_frame.get(kind, 0.0) + sec * 1000.0 / max(frames, 1)
-            busiest[kind] = max(busiest.get(kind, 0.0), sec / wall if wall > 0 else 0.0)
-        return {
-            "cpu_ms_per_frame": {k: round(v, 3) for k, v in per_frame.items()},
-            "busiest_cpus": {k: round(v, 2) for k, v in busiest.items()},
-        }
 
 
 def _served(plan: Plan, drive: Callable[[int, int], tuple[list[Reply], float]], n: int,

@@ -33,7 +33,6 @@ import httpx
 import redis
 
 from benchmarks.harness import (
-    Sandbox,
     machine_busy_s,
     machine_info,
     median,
@@ -44,6 +43,7 @@ from benchmarks.harness import (
 from benchmarks.monitor_cluster import FakeCluster
 from benchmarks.monitor_report import DOCS, build_figures, print_summary, update_docs
 from benchmarks.monitor_serve import CPU_PATH
+from benchmarks.sandbox import Sandbox
 from framepool import keys
 from framepool.log import configure_logging
 from framepool.redis_server import free_port

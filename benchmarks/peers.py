@@ -36,14 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import peers_ray, peers_report, peers_triton
-from benchmarks.harness import (
-    Sandbox,
-    machine_info,
-    run_measure,
-    save_report,
-    test_frames,
-    utc_minute,
-)
+from benchmarks.harness import machine_info, save_report, test_frames, utc_minute
 from benchmarks.peers_clients import (
     DirectPeer,
     FramepoolPeer,
@@ -63,6 +56,7 @@ from benchmarks.peers_stats import (
     rotate,
 )
 from benchmarks.pipeline import CpuMeter, start_framepool_worker, tight_loop
+from benchmarks.sandbox import Sandbox, run_measure
 from framepool.settings import Settings
 
 CHUNK = 32  # closed loop: 32-64 frames outstanding

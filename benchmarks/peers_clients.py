@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from benchmarks.harness import BenchError, closed_loop
+from benchmarks.harness import closed_loop
+from benchmarks.sandbox import BenchError
 from benchmarks.sweep_cameras import drive
 from framepool.errors import ResultTimeout
 from framepool.settings import Settings

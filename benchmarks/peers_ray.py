@@ -24,9 +24,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from benchmarks.harness import BenchError, Child, Sandbox
 from benchmarks.peers_clients import AsyncBridge, Reply, kill_session
 from benchmarks.peers_model import MODEL_ID
+from benchmarks.sandbox import BenchError, Child, Sandbox
 from framepool.redis_server import free_port
 
 APP = "framepool-peers"

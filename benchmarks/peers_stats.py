@@ -8,8 +8,9 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from benchmarks.harness import BenchError, median, percentile
+from benchmarks.harness import median, percentile
 from benchmarks.peers_clients import Reply
+from benchmarks.sandbox import BenchError
 from benchmarks.sweep_cameras import camera_schedule
 
 BATCH = 8  # the batch cap of every system

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import Child, Sandbox
 from benchmarks.peers_clients import AsyncBridge, Reply, kill_session
 from benchmarks.peers_model import MODEL_ID, Resnet18Service
+from benchmarks.sandbox import Child, Sandbox
 from framepool.redis_server import free_port
 
 QUEUE_DELAY_US = 5000

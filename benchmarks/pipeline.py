@@ -33,16 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import (
-    Child,
-    Sandbox,
-    machine_info,
-    run_sandboxed,
-    save_report,
-    test_frames,
-    utc_minute,
-)
-from benchmarks.harness import quiet_logs as _quiet_logs
+from benchmarks.harness import machine_info, save_report, test_frames, utc_minute
 from benchmarks.pipeline_clients import (
     WARMUP_FRAC,
     CpuMeter,
@@ -65,6 +56,8 @@ from benchmarks.pipeline_tight_loop import tight_loop
 from benchmarks.pipeline_workers import _worker_env as _worker_env  # re-export: scripts
 from benchmarks.pipeline_workers import start_framepool_worker, start_plain_worker
 from benchmarks.pipeline_workers import start_framepool_workers as start_framepool_workers
+from benchmarks.sandbox import Child, Sandbox, run_sandboxed
+from benchmarks.sandbox import quiet_logs as _quiet_logs
 from framepool.settings import Settings
 
 LATENCY_FPS = 10.0

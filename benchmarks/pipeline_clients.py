@@ -16,10 +16,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from benchmarks.harness import BenchError, median, percentile, steady_rate
 from benchmarks.harness import closed_loop as _closed_loop
 from benchmarks.harness import machine_busy_s as _machine_busy
+from benchmarks.harness import median, percentile, steady_rate
 from benchmarks.harness import proc_cpu_s as _proc_cpu
+from benchmarks.sandbox import BenchError
 from framepool.errors import ResultTimeout
 from framepool.settings import Settings
 

@@ -11,9 +11,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from benchmarks.harness import BenchError
 from benchmarks.pipeline_clients import CpuMeter, Run
 from benchmarks.pipeline_report import BATCH
+from benchmarks.sandbox import BenchError
 from framepool.settings import Settings
 
 

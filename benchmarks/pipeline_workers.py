@@ -2,7 +2,7 @@
 
 ``framepool worker`` processes, started together and back once they all serve,
 and the plain Celery baseline's worker (``benchmarks.plain_celery``), each a
-child of the benchmark's :class:`~benchmarks.harness.Sandbox`.
+child of the benchmark's :class:`~benchmarks.sandbox.Sandbox`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import redis
 
-from benchmarks.harness import Child, Sandbox
 from benchmarks.pipeline_report import BATCH, CONCURRENCY
+from benchmarks.sandbox import Child, Sandbox
 from framepool import keys
 
 

@@ -1,7 +1,7 @@
 """``framepool bench scale``: frames/s of one model with 1, 2, 4 ... worker processes.
 
 For each worker count N the workers are the ones ``framepool up --workers-per-gpu N``
-plans (``workers.supervisor.plan_workers``: names, device, ``CUDA_VISIBLE_DEVICES``),
+plans (``workers.placement.plan_workers``: names, device, ``CUDA_VISIBLE_DEVICES``),
 started by the benchmark's sandbox so that nothing outlives it, against one private
 Redis. On CPU each worker gets ``cpus // N`` torch threads (``--threads``), so N
 workers share the machine rather than oversubscribe it. One producer keeps the
@@ -25,13 +25,10 @@ import redis
 
 from benchmarks.harness import (
     ROOT,
-    Child,
-    Sandbox,
     machine_info,
     median,
     report_head,
     result_latencies,
-    run_sandboxed,
     save_report,
     steady_rate,
     test_frames,
@@ -39,9 +36,10 @@ from benchmarks.harness import (
     utc_minute,
 )
 from benchmarks.pipeline import FramepoolClient
+from benchmarks.sandbox import Child, Sandbox, run_sandboxed
 from framepool import keys
 from framepool.settings import Settings
-from workers.supervisor import plan_workers
+from workers.placement import plan_workers
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 MARKS = (

@@ -23,18 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import (
-    Child,
-    Sandbox,
     machine_info,
     median,
-    quiet_logs,
     result_latencies,
-    run_sandboxed,
     steady_rate,
     test_frames,
     utc_minute,
 )
 from benchmarks.pipeline import CpuMeter, FramepoolClient, latency_model
+from benchmarks.sandbox import Child, Sandbox, quiet_logs, run_sandboxed
 from benchmarks.scale import closed_loop, start_workers
 from benchmarks.sweep_cameras import camera_point
 from benchmarks.sweep_memory import redis_memory

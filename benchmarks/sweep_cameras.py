@@ -20,7 +20,8 @@ from collections.abc import Callable, Mapping, Sequence
 from queue import SimpleQueue
 from typing import Any
 
-from benchmarks.harness import BenchError, percentile, result_latencies, steady_rate
+from benchmarks.harness import percentile, result_latencies, steady_rate
+from benchmarks.sandbox import BenchError
 from framepool.errors import ResultTimeout
 from framepool.settings import Settings
 

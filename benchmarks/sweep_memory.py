@@ -20,7 +20,8 @@ from typing import Any
 
 import redis
 
-from benchmarks.harness import BenchError, test_frames
+from benchmarks.harness import test_frames
+from benchmarks.sandbox import BenchError
 from framepool import keys
 from framepool.settings import Settings
 

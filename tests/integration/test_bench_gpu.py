@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import gpu_report
-from benchmarks.gpu import steady_window
+from benchmarks.gpu_meters import steady_window
 
 ROOT = Path(__file__).resolve().parents[2]
 

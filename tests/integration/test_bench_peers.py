@@ -15,6 +15,7 @@ import torch
 
 from benchmarks import harness, peers_ray, peers_triton
 from benchmarks.peers_clients import PeerClient, run_closed, session_pids
+from benchmarks.sandbox import Sandbox
 from framepool.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,8 +50,8 @@ def test_the_command_with_framepool_and_the_direct_call(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def sandbox() -> Iterator[harness.Sandbox]:
-    with harness.Sandbox() as sb:
+def sandbox() -> Iterator[Sandbox]:
+    with Sandbox() as sb:
         yield sb
 
 
@@ -68,7 +69,7 @@ def _models_root() -> str:
 
 
 @pytest.mark.skipif(peers_ray.missing() is not None, reason=f"ray: {peers_ray.missing()}")
-def test_ray_serve_answers_through_the_handle_and_http(sandbox: harness.Sandbox) -> None:
+def test_ray_serve_answers_through_the_handle_and_http(sandbox: Sandbox) -> None:
     jpegs = harness.test_frames(4)
     serve = peers_ray.RayServe(sandbox, _models_root(), "cpu", torch.get_num_threads(), 8, 16)
     try:
@@ -88,7 +89,7 @@ def test_ray_serve_answers_through_the_handle_and_http(sandbox: harness.Sandbox)
 @pytest.mark.skipif(
     peers_triton.missing() is not None, reason=f"nvidia-pytriton: {peers_triton.missing()}"
 )
-def test_pytriton_answers_over_grpc_and_http(sandbox: harness.Sandbox) -> None:
+def test_pytriton_answers_over_grpc_and_http(sandbox: Sandbox) -> None:
     jpegs = harness.test_frames(4)
     server = peers_triton.TritonServer(sandbox, _models_root(), "cpu", torch.get_num_threads(), 8)
     for proto in ("grpc", "http"):

@@ -16,8 +16,8 @@ from click.testing import CliRunner
 
 from benchmarks import peers_ray, peers_report, peers_triton
 from benchmarks import peers_stats as peers
-from benchmarks.harness import BenchError
 from benchmarks.peers_clients import AsyncBridge, DirectPeer, Reply, run_closed, run_open
+from benchmarks.sandbox import BenchError
 
 
 # ------------------------------------------------------------------ schedule

@@ -28,7 +28,7 @@ def test_proc_cpu_sums_per_kind_and_finds_the_busiest_process() -> None:
     import os
     import time
 
-    from benchmarks.gpu import ProcCpu
+    from benchmarks.gpu_meters import ProcCpu
 
     me = os.getpid()
     meter = ProcCpu({"worker-0": me, "worker-1": me, "producer-0": me})

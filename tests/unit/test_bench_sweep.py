@@ -15,7 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from benchmarks import sweep_plots, sweep_report
-from benchmarks.harness import BenchError, result_latencies
+from benchmarks.harness import result_latencies
+from benchmarks.sandbox import BenchError
 from benchmarks.sweep import QUICK, Plan, make_plan, per_camera_fps
 from benchmarks.sweep_cameras import LEAD_S, camera_schedule, camera_stats, drive
 from benchmarks.sweep_memory import body_encoding, memory_figures
