@@ -25,6 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
+from framepool.heap import freeze_startup_heap
 from framepool.log import get_logger
 from framepool.settings import Settings
 from monitoring import responses as views
@@ -55,8 +56,7 @@ def configure_gc() -> None:
     is frozen out of its way (``gc.freeze``), and the young generation is
     collected after :data:`GC_GEN0_THRESHOLD` new objects instead of 700.
     """
-    gc.collect()
-    gc.freeze()
+    freeze_startup_heap()
     gc.set_threshold(GC_GEN0_THRESHOLD, 10, 10)
 
 

@@ -38,6 +38,7 @@ from celery.worker.control import control_command
 from framepool import keys
 from framepool.celery_app import create_app, thread_worker
 from framepool.errors import FramepoolError
+from framepool.heap import freeze_startup_heap
 from framepool.log import get_logger
 from framepool.nvml import NvmlSampler
 from framepool.settings import Settings
@@ -151,6 +152,7 @@ def run_worker(
         settings.log_level,
         pool=FramePool.serving(runtime, draining.is_set, _reject_now),
     )
+    freeze_startup_heap()  # models loaded, no frame yet: no full collection over them
     try:
         worker.start()
     finally:
