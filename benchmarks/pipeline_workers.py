@@ -15,6 +15,7 @@ import redis
 from benchmarks.pipeline_report import BATCH, CONCURRENCY
 from benchmarks.sandbox import Child, Sandbox
 from framepool import keys
+from workers.heartbeat import serving
 
 
 def _worker_env(sb: Sandbox, threads: int, batch: int = BATCH) -> dict[str, str]:
@@ -50,7 +51,7 @@ def start_framepool_workers(
 
     def ready() -> bool:  # these very workers consume (another may serve the model already)
         beats = client.mget([keys.worker_heartbeat(f"{name}@bench") for name in names])
-        return all(b is not None and b'"state":"ready"' in b for b in beats)
+        return all(serving(b) for b in beats)
 
     try:
         sb.wait_until(ready, 120, f"workers {', '.join(names)} to serve {model_id}", children)

@@ -39,6 +39,7 @@ from benchmarks.pipeline import FramepoolClient
 from benchmarks.sandbox import Child, Sandbox, run_sandboxed
 from framepool import keys
 from framepool.settings import Settings
+from workers.heartbeat import serving
 from workers.placement import plan_workers
 
 DOCS = ROOT / "docs" / "benchmarks.md"
@@ -90,7 +91,7 @@ def start_workers(
 
     def all_ready() -> bool:
         beats = client.mget([keys.worker_heartbeat(n) for n in names])
-        return all(b is not None and b'"state":"ready"' in b for b in beats)
+        return all(serving(b) for b in beats)
 
     try:
         sb.wait_until(all_ready, START_TIMEOUT_S, f"{len(names)} workers to be ready", children)

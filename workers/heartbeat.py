@@ -102,6 +102,18 @@ def wire_stats(stats: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def serving(raw: bytes | str | None) -> bool:
+    """Whether a stored heartbeat says its worker consumes: the worker's own state,
+    not a model's (a model is "ready" once loaded, before Celery consumes)."""
+    if raw is None:
+        return False
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return False
+    return isinstance(doc, dict) and doc.get("state") == "ready"
+
+
 def _dumps(doc: Any) -> str:
     return json.dumps(doc, separators=(",", ":"), default=str)
 

@@ -40,6 +40,7 @@ from producer.sources.synthetic import SyntheticCamera
 from tests.faults import wait_for
 from tests.services import ServiceProcess
 from tests.system_packages import ensure_binary
+from workers.heartbeat import serving
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "multihost-token"
@@ -177,7 +178,7 @@ def answered_by(redis_url: str, names: set[str]) -> set[str]:
 
     def both_ready() -> bool:
         beats = [client.get(keys.worker_heartbeat(n)) for n in names]
-        return all(b is not None and b'"state":"ready"' in b for b in beats)
+        return all(serving(b) for b in beats)
 
     wait_for(both_ready, timeout=120)
     frame = codec.encode_jpeg(SyntheticCamera("multi", 640, 480, fps=10, seed=5).frame(0).image)

@@ -220,3 +220,15 @@ def test_the_worker_snapshot_names_its_kernel_tables_and_their_version() -> None
     assert moved.stamp != index.stamp and moved.tables()["m"][0]["total_calls"] == 4
     runtime.started_at = 2000.0  # another run of the worker: another stamp
     assert build_snapshot(runtime)["kernels"].stamp != moved.stamp  # type: ignore[arg-type]
+
+
+def test_serving_reads_the_workers_own_state_not_a_models() -> None:
+    from workers.heartbeat import serving
+
+    loading = json.dumps(
+        {"state": "starting", "models": {"m": {"state": "ready"}}}, separators=(",", ":")
+    )
+    assert b'"state":"ready"' in loading.encode()  # what a substring test took for ready
+    assert serving(loading.encode()) is False
+    assert serving(json.dumps({"state": "ready", "models": {}})) is True
+    assert serving(None) is False and serving(b"not json") is False and serving(b"[]") is False
