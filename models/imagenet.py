@@ -2,7 +2,8 @@
 
 Subclasses set ``depth``; preprocess is a Pillow bilinear resize to the
 manifest's input size and ImageNet mean/std normalisation; outputs are the
-top-5 softmax classes, labelled ``class_<index>``.
+top-5 softmax classes, labelled ``class_<index>``. The network serves with each
+BatchNorm folded into the convolution before it (:func:`fold_batchnorm`).
 
 On a CUDA device the normalisation runs on the GPU, a batch at a time, and
 where torchvision's nvJPEG runs (:mod:`models.jpeg`) so do the JPEG decode
@@ -23,7 +24,7 @@ from PIL import Image
 from framepool.errors import BadFrame
 from models.base import Model
 from models.jpeg import nvjpeg_decoder
-from models.nets.resnet import build_resnet
+from models.nets.resnet import build_resnet, fold_batchnorm
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
@@ -40,7 +41,8 @@ class ImageNetClassifier(Model):
     net: torch.nn.Module
 
     def load(self) -> None:
-        self.net = self.place(build_resnet(self.depth, self.num_classes, self.seed))
+        net = build_resnet(self.depth, self.num_classes, self.seed).eval()
+        self.net = self.place(fold_batchnorm(net))
         self._mean = torch.from_numpy(MEAN).to(self.device).view(1, 3, 1, 1)
         self._std = torch.from_numpy(STD).to(self.device).view(1, 3, 1, 1)
         self.jpeg_decoder = nvjpeg_decoder(self.device)
