@@ -12,7 +12,7 @@ def freeze_startup_heap() -> None:
     their modules: some 250,000 tracked objects in a worker) lives until it exits,
     yet every full collection walked all of it: 30-130 ms with every Python
     thread stopped, the runner's between two layers of a forward pass. A worker
-    ran one 0.1 s after it was ready, while its first frames were in flight.
+    ran one as Celery started up, with frames already queued for it.
     Frozen (``gc.freeze``), the same collection looks at what was made since
     (docs/benchmarks.md).
     """
