@@ -61,7 +61,7 @@ def profiler_cost(model: Model, repeats: int) -> dict[str, Any]:
 
     def batch() -> None:  # what the runner does per batch, less np.stack
         with torch.inference_mode():
-            model.postprocess(model.infer(host.to(dev, non_blocking=True)), sizes)
+            model.postprocess(model.infer(model.to_device(host)), sizes)
         sync(dev)
 
     prof = BatchProfiler(every_n=0)

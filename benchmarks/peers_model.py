@@ -40,7 +40,6 @@ class Resnet18Service:
 
     def __call__(self, frames: Sequence[bytes]) -> list[dict[str, Any]]:
         """decode + preprocess + forward + postprocess of one batch; one reply per frame."""
-        import numpy as np
         import torch
 
         from framepool.codec import decode
@@ -58,7 +57,7 @@ class Resnet18Service:
             )
             for f in frames
         ]
-        x = torch.from_numpy(np.stack(inputs)).to(model.device)
+        x = model.to_device(model.collate(inputs))  # as the worker's runner does
         with torch.inference_mode():
             t0 = time.perf_counter()
             raw = model.infer(x)

@@ -55,7 +55,6 @@ def tight_loop(
 def _tight_loop(
     settings: Settings, jpegs: Sequence[bytes], n: int, threads: int, device: str = "cpu"
 ) -> Run:
-    import numpy as np
     import torch
 
     from framepool.codec import decode
@@ -75,7 +74,7 @@ def _tight_loop(
             )
             inputs.append(model.preprocess(image))
             sizes.append((640, 480))
-        x = torch.from_numpy(np.stack(inputs)).to(model.device)
+        x = model.to_device(model.collate(inputs))  # as the worker's runner does
         with torch.inference_mode():
             raw = model.infer(x)
             outputs = model.postprocess(raw, sizes)

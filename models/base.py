@@ -7,8 +7,9 @@ dict per frame. Models know nothing of Celery or Redis.
 
 Precision: the manifest's ``precision`` (fp32, fp16, bf16) applies on a CUDA
 device; a model builds its network with :meth:`Model.place` (weights in that
-dtype, channels-last on CUDA) and the worker moves each batch with
-:meth:`Model.to_device` (the same dtype and layout). A CPU always runs fp32.
+dtype, channels-last on CUDA, and on a CPU where :attr:`Model.cpu_channels_last`
+says so) and the worker moves each batch with :meth:`Model.to_device` (the same
+dtype and layout). A CPU always runs fp32.
 """
 
 from __future__ import annotations
@@ -36,6 +37,11 @@ def effective_precision(precision: str, device: torch.device) -> str:
 class Model(ABC):
     """A loaded model on one device."""
 
+    #: channels-last (NHWC) weights and batches on a CPU as well as on CUDA: oneDNN's
+    #: convolutions are faster so (resnet18: 0.67x the time at batch 8); a model
+    #: whose network is mostly convolutions sets it
+    cpu_channels_last: bool = False
+
     def __init__(
         self, manifest: ModelManifest, device: str = "cpu", precision: str | None = None
     ) -> None:
@@ -62,10 +68,16 @@ class Model(ABC):
     def version(self) -> str:
         return self.manifest.version
 
+    @property
+    def channels_last(self) -> bool:
+        """Whether its weights and batches are channels-last (NHWC) on its device."""
+        return self.device.type == "cuda" or (self.device.type == "cpu" and self.cpu_channels_last)
+
     def place(self, net: NetT) -> NetT:
-        """``net`` on this model's device in its dtype (channels-last on CUDA), in eval mode."""
+        """``net`` on this model's device in its dtype (and layout, :attr:`channels_last`),
+        in eval mode."""
         net.to(self.device, self.dtype)  # Module.to moves in place
-        if self.device.type == "cuda":
+        if self.channels_last:
             net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         return net.eval()
 
@@ -79,7 +91,7 @@ class Model(ABC):
         x = batch.to(self.device, non_blocking=True)
         if x.is_floating_point() and x.dtype != self.dtype:
             x = x.to(self.dtype)
-        if self.device.type == "cuda" and x.dim() == 4:
+        if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 

@@ -36,6 +36,7 @@ class ImageNetClassifier(Model):
 
     depth: ClassVar[int]
     seed: ClassVar[int] = 0
+    cpu_channels_last = True  # docs/benchmarks.md, item 21
     num_classes: ClassVar[int] = 1000
 
     net: torch.nn.Module
@@ -80,7 +81,7 @@ class ImageNetClassifier(Model):
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
         """NxCxHxW (uint8 or float, 0-255) on the device -> the network's input."""
         x = ((x.float() - self._mean) / self._std).to(self.dtype)
-        return x.contiguous(memory_format=torch.channels_last) if self.device.type == "cuda" else x
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _decode_on_device(self, items: list[torch.Tensor]) -> torch.Tensor:
         """JPEG bytes (1-D) decoded by :attr:`jpeg_decoder` in one call and resized as

@@ -1,4 +1,4 @@
-"""models.nets.resnet.fold_batchnorm: the zoo's ResNets serve with BatchNorm folded."""
+"""How the zoo's ResNets serve on a CPU: BatchNorm folded, channels-last (NHWC)."""
 
 from __future__ import annotations
 
@@ -53,3 +53,31 @@ def test_the_zoos_resnet_is_served_folded() -> None:
 
     model = load_model(Path(Settings().models_root), "resnet18", "cpu")
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.net.modules())
+
+
+def test_on_a_cpu_the_resnet_and_its_batches_are_channels_last() -> None:
+    from pathlib import Path
+
+    import numpy as np
+
+    from framepool.settings import Settings
+    from models.registry import load_model
+
+    root = Path(Settings().models_root)
+    model = load_model(root, "resnet18", "cpu")
+    assert model.channels_last
+    weight = model.net.get_parameter("conv1.weight")
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    image = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    batch = model.collate([model.preprocess(image)] * 2)
+    x = model.to_device(batch)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        got = model.infer(x)
+        nchw = copy.deepcopy(model.net).to(memory_format=torch.contiguous_format)
+        want = nchw(batch.contiguous())
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)  # the same answer
+
+    small = load_model(root, "shape_detector", "cpu")  # not asked for: stays NCHW
+    assert not small.channels_last
+    assert small.to_device(torch.zeros(1, 3, 8, 8)).is_contiguous()
