@@ -42,8 +42,7 @@ class ImageNetClassifier(Model):
     net: torch.nn.Module
 
     def load(self) -> None:
-        net = build_resnet(self.depth, self.num_classes, self.seed).eval()
-        self.net = self.place(fold_batchnorm(net))
+        self.net = self.place(fold_batchnorm(build_resnet(self.depth, self.num_classes, self.seed)))
         self._mean = torch.from_numpy(MEAN).to(self.device).view(1, 3, 1, 1)
         self._std = torch.from_numpy(STD).to(self.device).view(1, 3, 1, 1)
         self.jpeg_decoder = nvjpeg_decoder(self.device)
