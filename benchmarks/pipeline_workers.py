@@ -8,7 +8,8 @@ child of the benchmark's :class:`~benchmarks.sandbox.Sandbox`.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import redis
 
@@ -31,22 +32,29 @@ def _worker_env(sb: Sandbox, threads: int, batch: int = BATCH) -> dict[str, str]
 
 def start_framepool_worker(
     sb: Sandbox, model_id: str, threads: int, device: str = "cpu", name: str | None = None,
-    batch: int = BATCH,
+    batch: int = BATCH, env: Mapping[str, str] | None = None, tree: Path | None = None,
 ) -> Child:  # fmt: skip
     return start_framepool_workers(sb, model_id, threads, device, [name or f"fp-{model_id}"],
-                                   batch)[0]  # fmt: skip
+                                   batch, env, tree)[0]  # fmt: skip
 
 
 def start_framepool_workers(
     sb: Sandbox, model_id: str, threads: int, device: str, names: Sequence[str],
-    batch: int = BATCH,
+    batch: int = BATCH, env: Mapping[str, str] | None = None, tree: Path | None = None,
 ) -> list[Child]:  # fmt: skip
-    """One ``framepool worker`` per name, started together; back when all serve."""
+    """One ``framepool worker`` per name, started together; back when all serve.
+
+    ``env`` is added to (and wins over) the workers' environment; ``tree`` runs them
+    from another checkout of framepool (its root first on ``PYTHONPATH``, and as the
+    working directory) instead of this one."""
     children = []
+    extra = dict(env or {})
+    if tree is not None:
+        extra["PYTHONPATH"] = str(tree)
     for name in names:
         argv = [sys.executable, "-m", "framepool.cli", "worker", "--device", device]
         argv += ["--models", model_id, "--name", f"{name}@bench"]
-        children.append(sb.spawn(name, argv, _worker_env(sb, threads, batch)))
+        children.append(sb.spawn(name, argv, {**_worker_env(sb, threads, batch), **extra}, tree))
     client = redis.Redis.from_url(sb.redis_url)
 
     def ready() -> bool:  # these very workers consume (another may serve the model already)

@@ -105,7 +105,12 @@ class Sandbox:
     def redis_url(self) -> str:
         return str(self.redis.url)
 
-    def spawn(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> Child:
+    def spawn(
+        self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> Child:  # fmt: skip
+        """Start ``argv`` in its own session, output to ``<dir>/<name>.log``, in ``cwd``
+        (the checkout's root unless given)."""
         log_path = self.dir / f"{name}.log"
         full_env = {**os.environ, **self.env, **(env or {})}
         with open(log_path, "ab") as out:
@@ -115,7 +120,7 @@ class Sandbox:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=full_env,
-                cwd=str(ROOT),
+                cwd=str(cwd or ROOT),
                 start_new_session=True,
             )
         child = Child(name, list(argv), log_path, proc)

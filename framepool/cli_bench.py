@@ -66,6 +66,51 @@ def bench_peers(
                  docs=not no_docs))  # fmt: skip
 
 
+@bench.command(name="ab")
+@click.option("--a-env", multiple=True, metavar="KEY=VALUE",
+              help="environment of side A's worker (repeatable)")  # fmt: skip
+@click.option("--b-env", multiple=True, metavar="KEY=VALUE",
+              help="environment of side B's worker (repeatable)")  # fmt: skip
+@click.option("--base", metavar="REF",
+              help="run side A from a git worktree of REF (B: this checkout as it is)")  # fmt: skip
+@click.option("--pairs", default=6, show_default=True, type=click.IntRange(1))
+@click.option("--frames", default=300, show_default=True, type=click.IntRange(16),
+              help="frames per closed-loop run")  # fmt: skip
+@click.option("--latency-frames", default=300, show_default=True, type=click.IntRange(16),
+              help="frames per open-loop run")  # fmt: skip
+@click.option("--load", default=0.5, show_default=True, type=click.FloatRange(0, 1, min_open=True),
+              help="open-loop rate as a fraction of the tight loop's")  # fmt: skip
+@click.option("--fps", type=click.FloatRange(0, min_open=True),
+              help="open-loop rate in frames/s (instead of --load; skips the tight loop)")  # fmt: skip
+@click.option("--cameras", default=4, show_default=True, type=click.IntRange(1))
+@click.option("--out", default="benchmarks/results/ab.json", show_default=True)
+@click.option("--no-docs", is_flag=True, help="leave docs/benchmarks.md alone (a trial run)")
+def bench_ab(a_env: tuple[str, ...], b_env: tuple[str, ...], base: str | None, pairs: int,
+             frames: int, latency_frames: int, load: float, fps: float | None, cameras: int,
+             out: str, no_docs: bool) -> None:  # fmt: skip
+    """One change to the worker (settings, or code against --base), in interleaved pairs."""
+    from benchmarks.ab import main as run
+    from benchmarks.ab import parse_env, resolve_ref
+    from benchmarks.sandbox import BenchError
+
+    started = time.time()
+    try:
+        a, b = parse_env(a_env), parse_env(b_env)
+    except ValueError as exc:
+        fail(str(exc))
+    if base is None and a == b:
+        fail("A and B would be the same worker: give --base, --a-env or --b-env")
+    try:
+        if base is not None:
+            resolve_ref(base)
+        code = run(a_env=a, b_env=b, base=base, pairs=pairs, frames=frames,
+                   latency_frames=latency_frames, load=load, fps=fps, cameras=cameras,
+                   out=Path(out), docs=not no_docs, started=started)  # fmt: skip
+    except BenchError as exc:
+        fail(str(exc))
+    sys.exit(code)
+
+
 @bench.command(name="monitor")
 @click.option("--duration", default=30.0, show_default=True, type=click.FloatRange(5),
               help="seconds per CPU window")  # fmt: skip
