@@ -2,7 +2,8 @@
 
 from framepool.errors import BadFrame, QueueFull, ResultTimeout, UnknownModel
 from framepool.schemas import InferenceResult
-from producer.client import FrameHandle, FrameProducer
+from producer.client import FrameProducer
+from producer.frame_handle import FrameHandle
 
 __all__ = [
     "BadFrame",

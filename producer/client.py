@@ -3,7 +3,8 @@
 Frames are judged before enqueue (format and dimensions from the header, size
 and pixel limits) and sent as the ``framepool.infer`` task onto the model's own
 queue, with the correlation id in the message header ``correlation_id``.
-``submit_many`` sends a whole list in one Redis pipeline.
+``submit_many`` sends a whole list in one Redis pipeline. Each frame sent gets a
+:class:`~producer.frame_handle.FrameHandle`.
 
 With ``FRAME_CLAIM_CHECK`` (the default) a frame's bytes go under a key of their
 own (``keys.frame_data(job_id)``), set in the same round trip as the queue-depth
@@ -22,14 +23,14 @@ from typing import Any
 import numpy as np
 import redis
 from celery import Celery
-from celery.exceptions import TimeoutError as CeleryTimeout
 
 from framepool import codec, correlation, keys
 from framepool.celery_app import create_app
-from framepool.errors import BadInput, BrokerUnavailable, QueueFull, ResultTimeout, UnknownModel
+from framepool.errors import BadInput, BrokerUnavailable, QueueFull, UnknownModel
 from framepool.manifest import discover
-from framepool.schemas import ErrorInfo, FrameMeta, InferenceResult, Status
+from framepool.schemas import FrameMeta
 from framepool.settings import Settings, get_settings
+from producer.frame_handle import FrameHandle
 from producer.result_wait import ResultListener
 
 _SERVED_CACHE_SECONDS = 2.0
@@ -42,75 +43,6 @@ class _Prepared:
     job_id: str
     correlation_id: str
     argsrepr: str
-
-
-class FrameHandle:
-    """A submitted frame: its ids now, its ``InferenceResult`` later."""
-
-    def __init__(
-        self,
-        app: Celery,
-        job_id: str,
-        correlation_id: str,
-        meta: Mapping[str, Any],
-        refused: QueueFull | None = None,
-        listener: ResultListener | None = None,
-    ) -> None:
-        self._app = app
-        self._listener = listener
-        self.job_id = job_id
-        self.correlation_id = correlation_id
-        self.model_id: str = meta["model_id"]
-        self.camera_id: str | None = meta.get("camera_id")
-        self.seq: int | None = meta.get("seq")
-        self._meta = meta
-        self.refused = refused
-
-    def __repr__(self) -> str:
-        return f"<FrameHandle {self.job_id} model={self.model_id} cam={self.camera_id}>"
-
-    def ready(self) -> bool:
-        return self.refused is not None or bool(self._app.AsyncResult(self.job_id).ready())
-
-    def get(self, timeout: float | None = 10.0) -> InferenceResult:
-        """Wait for the result; raises ``ResultTimeout`` when none comes in time."""
-        if self.refused is not None:
-            return self._local_result(Status.rejected, self.refused)
-        if self._listener is None:  # a handle made outside a producer: Celery's own wait
-            async_result = self._app.AsyncResult(self.job_id)
-            try:
-                value = async_result.get(timeout=timeout, propagate=False)
-            except CeleryTimeout as exc:
-                raise ResultTimeout(f"no result for job {self.job_id} within {timeout}s") from exc
-            return self.result_from(value)
-        try:
-            raw = self._listener.wait(self.job_id, timeout)
-        except redis.RedisError as exc:
-            raise BrokerUnavailable(f"Redis unreachable: {exc}") from exc
-        if raw is None:
-            raise ResultTimeout(f"no result for job {self.job_id} within {timeout}s")
-        return self.result_from(self._app.backend.decode_result(raw).get("result"))
-
-    def result_from(self, value: Any) -> InferenceResult:
-        """The ``InferenceResult`` for the task's stored return value."""
-        if isinstance(value, dict):
-            return InferenceResult.model_validate(value)
-        # The task itself failed (worker bug, lost worker): say so as an error result.
-        return self._local_result(Status.error, value)
-
-    def _local_result(self, status: Status, exc: BaseException | Any) -> InferenceResult:
-        return InferenceResult(
-            job_id=self.job_id,
-            correlation_id=self.correlation_id,
-            model_id=self.model_id,
-            camera_id=self.camera_id,
-            seq=self.seq,
-            status=status,
-            error=ErrorInfo(type=type(exc).__name__, message=str(exc)),
-            captured_at=self._meta.get("captured_at"),
-            enqueued_at=self._meta.get("enqueued_at"),
-            completed_at=time.time(),
-        )
 
 
 class FrameProducer:

@@ -39,7 +39,8 @@ from framepool import correlation
 from framepool.log import get_logger
 from framepool.manifest import discover
 from framepool.settings import Settings
-from producer.client import FrameHandle, FrameProducer
+from producer.client import FrameProducer
+from producer.frame_handle import FrameHandle
 from producer.gateway_cluster import ClusterCache, capabilities, health
 from producer.gateway_edge import GatewayEdge, GatewayMetrics
 from producer.gateway_errors import install_handlers, unavailable

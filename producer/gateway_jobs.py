@@ -25,7 +25,8 @@ from framepool.errors import BrokerUnavailable, ResultTimeout
 from framepool.log import bind_frame, get_logger
 from framepool.schemas import InferenceResult
 from framepool.settings import Settings
-from producer.client import FrameHandle, FrameProducer
+from producer.client import FrameProducer
+from producer.frame_handle import FrameHandle
 from producer.gateway_edge import GatewayMetrics
 from producer.gateway_errors import ApiError, from_framepool
 from producer.gateway_results import ResultWaiter, decode_with

@@ -18,7 +18,7 @@ from framepool import keys
 from framepool.errors import ResultTimeout
 from framepool.settings import Settings
 from producer import FrameProducer
-from producer.client import FrameHandle
+from producer.frame_handle import FrameHandle
 from workers.results import celery_result
 
 
