@@ -5,7 +5,8 @@ closing a kombu Redis channel restores its unacknowledged messages. By then
 kombu has already let go of the connection (``connection.client`` is ``None``),
 so the restore raises ``AttributeError``; Celery reports an "Unrecoverable
 error" and the worker stops consuming for good (the kombu issues #582/#970
-family). Here the restore is skipped when the connection is gone: those
+family). Here the restore is skipped when the connection is gone
+(:class:`~framepool.broker_qos.QoS`, in ``framepool/broker_qos.py``): those
 messages stay in Redis's unacked set (Redis holds it, with AOF on disk) and the
 periodic sweep delivers them again after ``VISIBILITY_TIMEOUT_SECONDS``, while
 the worker reconnects and goes on.
@@ -17,13 +18,15 @@ limit: under load one round trip brings many frames, and a message is never out
 of the list without its unacked entry (a worker killed mid-call loses nothing; the
 sweep restores them). The same call reads each message's claim-checked frame
 (:data:`PREFETCHED`, so the task needs no GET of its own), and the worker's result
-write removes the frames' unacked entries (:func:`entries_for`), so their acks
-need no round trip either. Also: the synchronous Redis client is built once per connection pool
+write removes the frames' unacked entries
+(:func:`~framepool.broker_qos.entries_for`), so their acks need no round trip
+either. Also: the synchronous Redis client is built once per connection pool
 instead of once per command (:class:`Channel`), the unacked index is written
-and acked with plain pipelines instead of MULTI/EXEC (:meth:`QoS.pipe_or_acquire`),
-and a delivery's unacked-index write happens just after the message is handed
-to Celery instead of just before (:meth:`Channel.basic_consume`), so its round
-trip overlaps the task's start instead of delaying it.
+and acked with plain pipelines instead of MULTI/EXEC
+(:meth:`~framepool.broker_qos.QoS.pipe_or_acquire`), and a delivery's
+unacked-index write happens just after the message is handed to Celery instead
+of just before (:meth:`Channel.basic_consume`), so its round trip overlaps the
+task's start instead of delaying it.
 
 ``celeryconfig`` selects this transport with ``broker_transport``; the broker
 URL stays a plain ``redis://`` (or ``rediss://``) URL.
@@ -31,21 +34,19 @@ URL stays a plain ``redis://`` (or ``rediss://``) URL.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from queue import Empty
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
-from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from framepool import keys
+from framepool.broker_qos import QoS
 from framepool.log import get_logger
 
 log = get_logger(__name__)
@@ -126,207 +127,6 @@ class FramePrefetch:
 
 #: this process's prefetched frames (``WorkerRuntime._claim`` takes from here first)
 PREFETCHED = FramePrefetch()
-
-
-class QoS(kombu_redis.QoS):
-    """Restores, acks and rejects that arrive after the connection is gone are left
-    to Redis: the messages stay in its unacked set and are delivered again after
-    VISIBILITY_TIMEOUT_SECONDS (a frame that had finished is not written twice).
-
-    A consumed message is registered here (:meth:`append`, local only) before Celery
-    sees it, and written to Redis's unacked index (:meth:`write_unacked`) once
-    Celery has handed it to the pool. kombu writes first; the window in which a
-    killed worker loses a message it has popped (BRPOP to index written) is the
-    same round trip either way. A task that acks or rejects before its index
-    entry is written (or while it is being written) is handled: an ack before the
-    write means nothing is written, a requeue before it puts the message back from
-    memory, and one during it waits for the write to land first."""
-
-    _delivered: Any  # an OrderedDict once the QoS exists (kombu declares it None)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._lock = threading.Lock()
-        #: delivery tag -> None (index not written yet) or an Event (being written)
-        self._unwritten: dict[Any, threading.Event | None] = {}
-        #: tags whose entry the multi-pop script wrote as it popped them
-        self._prewritten: set[Any] = set()
-        #: task id -> delivery tag, and back, for the deliveries registered here
-        self._tag_of: dict[str, Any] = {}
-        self._job_of: dict[Any, str] = {}
-        #: tags whose entry the worker removed with the task's result (:func:`entries_for`)
-        self._removed: set[Any] = set()
-        _CONSUMING.add(self)
-
-    def written_on_pop(self, delivery_tag: Any) -> None:
-        """The next delivery of ``delivery_tag`` already has its unacked entry."""
-        with self._lock:
-            self._prewritten.add(delivery_tag)
-
-    def append(self, message: Any, delivery_tag: Any) -> None:
-        job_id = (getattr(message, "headers", None) or {}).get("id")
-        with self._lock:
-            if delivery_tag in self._prewritten:
-                self._prewritten.discard(delivery_tag)
-            else:
-                self._unwritten[delivery_tag] = None
-            if isinstance(job_id, str):
-                self._tag_of[job_id] = delivery_tag
-                self._job_of[delivery_tag] = job_id
-        virtual.QoS.append(self, message, delivery_tag)
-
-    def indexed(self, job_ids: Iterable[str]) -> dict[str, Any]:
-        """Delivery tags of ``job_ids`` registered here whose unacked entry is in Redis
-        now (written, not being written, not settled)."""
-        with self._lock:
-            out = {}
-            for job_id in job_ids:
-                tag = self._tag_of.get(job_id)
-                if tag is not None and tag not in self._unwritten and tag not in self._removed:
-                    out[job_id] = tag
-            return out
-
-    def removed_in_redis(self, tags: Iterable[Any]) -> None:
-        """``tags``' unacked entries are gone from Redis (the worker removed them with the
-        tasks' results): their ack is local only."""
-        with self._lock:
-            self._removed.update(t for t in tags if t in self._job_of)
-
-    def _forget(self, delivery_tag: Any) -> bool:
-        """Drop ``delivery_tag``'s bookkeeping; True when its entry was removed in Redis."""
-        with self._lock:
-            job_id = self._job_of.pop(delivery_tag, None)
-            if job_id is not None and self._tag_of.get(job_id) == delivery_tag:
-                del self._tag_of[job_id]
-            if delivery_tag in self._removed:
-                self._removed.discard(delivery_tag)
-                return True
-            return False
-
-    def write_unacked(self, message: Any, delivery_tag: Any) -> None:
-        """Write a registered delivery to Redis's unacked index (ZADD + HSET), unless it
-        was acked or rejected meanwhile."""
-        with self._lock:
-            if delivery_tag not in self._unwritten:
-                return  # settled before its entry was written: nothing to write
-            done = self._unwritten[delivery_tag] = threading.Event()
-        written = False
-        try:
-            kombu_redis.QoS.append(self, message, delivery_tag)  # kombu's write
-            written = True
-        finally:
-            with self._lock:
-                if written:
-                    del self._unwritten[delivery_tag]
-                else:  # still only in memory: a close restores it from there
-                    self._unwritten[delivery_tag] = None
-            done.set()
-
-    def _settle_unwritten(self, delivery_tag: Any) -> bool:
-        """True when ``delivery_tag``'s index entry was never written (it never will be
-        now); waits for a write in progress to land first."""
-        while True:
-            with self._lock:
-                if delivery_tag not in self._unwritten:
-                    return False
-                writing = self._unwritten[delivery_tag]
-                if writing is None:
-                    del self._unwritten[delivery_tag]
-                    return True
-            writing.wait()  # then look again: a failed write leaves it unwritten
-
-    @contextlib.contextmanager
-    def pipe_or_acquire(self, pipe: Any = None, client: Any = None) -> Iterator[Any]:
-        """Each delivery's unacked-index write (ZADD + HSET) and its ack (ZREM + HDEL) in
-        a plain pipeline, not kombu's MULTI/EXEC: half the replies to read on the
-        consumer thread. Nothing needs the pair atomic: the sweep only restores
-        entries older than the visibility timeout, and reads a missing hash entry
-        as nothing to restore."""
-        if pipe is not None:
-            yield pipe
-        else:
-            with self.channel.conn_or_acquire(client) as conn:
-                yield conn.pipeline(transaction=False)
-
-    def _gone(self) -> bool:
-        connection = getattr(self.channel, "connection", None)
-        return connection is None or connection.client is None
-
-    def restore_unacked(self, client: Any = None) -> Any:
-        for tag in [t for t in list(self._delivered) if self._settle_unwritten(t)]:
-            self._restore_from_memory(self._delivered.pop(tag), client)
-        if client is None and self._gone():
-            log.warning(
-                "unacked_restore_deferred",
-                reason="broker connection lost",
-                messages=len(self._delivered),
-                note="redelivered after VISIBILITY_TIMEOUT_SECONDS",
-            )
-            self._delivered.clear()
-            return []
-        return super().restore_unacked(client)
-
-    def _restore_from_memory(self, message: Any, client: Any = None) -> None:
-        """Put back a delivery whose unacked entry was never written (kombu restores from
-        that entry, so it would drop the message)."""
-        if client is None and self._gone():
-            return  # the pool is gone with the connection; the task still runs
-        info = message.delivery_info
-        with self.channel.conn_or_acquire(client) as conn:
-            self.channel._do_restore_message(
-                message._raw, info["exchange"], info["routing_key"], conn, leftmost=True
-            )
-
-    def ack(self, delivery_tag: Any) -> None:
-        removed = self._forget(delivery_tag)
-        if removed or self._settle_unwritten(delivery_tag):
-            virtual.QoS.ack(self, delivery_tag)  # nothing in Redis to remove
-            return
-        if self._gone():
-            log.warning("ack_deferred", reason="broker connection lost")
-            self._delivered.pop(delivery_tag, None)
-            return
-        super().ack(delivery_tag)
-
-    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
-        removed = self._forget(delivery_tag)
-        if removed or self._settle_unwritten(delivery_tag):
-            if requeue:
-                self._restore_from_memory(self._delivered[delivery_tag])
-            virtual.QoS.ack(self, delivery_tag)
-            return
-        if self._gone():
-            log.warning("reject_deferred", reason="broker connection lost", requeue=requeue)
-            self._delivered.pop(delivery_tag, None)
-            return
-        super().reject(delivery_tag, requeue=requeue)
-
-
-_CONSUMING: weakref.WeakSet[QoS] = weakref.WeakSet()
-
-
-def entries_for(job_ids: Iterable[str]) -> tuple[list[str], list[Any], list[tuple[QoS, Any]]]:
-    """The unacked entries in Redis of this process's deliveries of ``job_ids``: the
-    unacked hash and index keys ([] when none), the delivery tags, and (qos, tag)
-    pairs for :func:`removed_in_redis` once a caller has deleted them."""
-    pairs: list[tuple[QoS, Any]] = []
-    redis_keys: list[str] = []
-    wanted = list(job_ids)
-    for qos in list(_CONSUMING):
-        found = qos.indexed(wanted)
-        if not found:
-            continue
-        keys_here = [qos.channel.unacked_key, qos.channel.unacked_index_key]
-        if redis_keys and keys_here != redis_keys:
-            continue  # another transport option set: left to the ack
-        redis_keys = keys_here
-        pairs += [(qos, tag) for tag in found.values()]
-    return redis_keys, [tag for _, tag in pairs], pairs
-
-
-def removed_in_redis(pairs: Iterable[tuple[QoS, Any]]) -> None:
-    for qos, tag in pairs:
-        qos.removed_in_redis([tag])
 
 
 class Channel(kombu_redis.Channel):

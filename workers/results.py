@@ -14,7 +14,7 @@ import orjson
 import redis
 from celery import states
 
-from framepool import broker, keys
+from framepool import broker_qos, keys
 from framepool.errors import ResultNotStored
 from framepool.log import get_logger
 from framepool.schemas import FrameMeta, Status
@@ -203,7 +203,7 @@ class ResultWriter:
     """Writes each batch's results once per job_id: Celery's result keys, the camera
     streams (in ``seq`` order per model, late ones marked), the drop and duplicate
     counts, deletes the claim-checked frames and removes the frames' unacked entries
-    (``framepool.broker.entries_for``; their acks then need no round trip of their
+    (``framepool.broker_qos.entries_for``; their acks then need no round trip of their
     own); one round trip per batch."""
 
     def __init__(self, client: redis.Redis, maxlen: int, ttl_s: int = 3600) -> None:
@@ -247,7 +247,7 @@ class ResultWriter:
             ]
         if not script_keys:
             return set()
-        unacked_keys, tags, entries = broker.entries_for(models)
+        unacked_keys, tags, entries = broker_qos.entries_for(models)
         if tags:
             script_keys += unacked_keys
             args += tags
@@ -260,7 +260,7 @@ class ResultWriter:
             # their queues (ResultNotStored) and are answered once Redis is back.
             log.error("result_write_failed", error=str(exc), results=len(models))
             raise ResultNotStored(f"cannot write results to Redis: {exc}") from exc
-        broker.removed_in_redis(entries)
+        broker_qos.removed_in_redis(entries)
         dups = {_text(j) for j in written_before or []}
         for job_id in dups:
             drops[(models[job_id], "duplicate")] += 1
