@@ -125,7 +125,7 @@ class FramePrefetch:
         return len(self._frames)
 
 
-#: this process's prefetched frames (``WorkerRuntime._claim`` takes from here first)
+#: this process's prefetched frames (``FrameIntake._claim``, workers/intake.py, takes them first)
 PREFETCHED = FramePrefetch()
 
 
