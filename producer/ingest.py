@@ -1,6 +1,7 @@
 """Camera ingest: read sources, sample at a target fps, encode, enqueue in small batches.
 
-Threads: one *reader* per source, and one *sender*. A reader blocks on its own
+Threads: one *reader* per source, and one *sender*
+(:class:`~producer.ingest_sender.IngestSender`). A reader blocks on its own
 source (a network read, a reconnect backoff, a paced synthetic camera), so a
 stalled camera never holds back the others; it samples, JPEG-encodes (in
 parallel with the other readers: libjpeg-turbo and FFmpeg release the GIL)
@@ -38,9 +39,7 @@ An unknown model or other bad input stops the ingest (raised by
 
 from __future__ import annotations
 
-import contextlib
 import math
-import queue
 import threading
 import time
 from collections import Counter
@@ -51,15 +50,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from framepool import codec
-from framepool.errors import BadFrame, BadInput, BrokerUnavailable, QueueFull, UnknownModel
+from framepool.errors import BadFrame, BadInput
 from framepool.log import get_logger
 from framepool.settings import Settings
+from producer.ingest_sender import IngestSender
 from producer.sampling import FpsSampler
-from producer.sources.base import Backoff, FrameSource
+from producer.sources.base import FrameSource
 
 log = get_logger(__name__)
-
-_POLL_S = 0.1
 
 
 class Submitter(Protocol):
@@ -127,15 +125,6 @@ class CameraStats:
         return d
 
 
-@dataclass(slots=True)
-class _Pending:
-    camera_id: str
-    seq: int
-    captured_at: float
-    data: bytes
-    live: bool
-
-
 class Ingest:
     """Ingest from several sources into one model's queue; see the module docstring."""
 
@@ -151,16 +140,8 @@ class Ingest:
         self.settings = producer.settings
         self.stats = {s.camera_id: CameraStats(s.name, s.live) for s in sources}
         self._lock = threading.Lock()
-        # two hand-off queues, so a file waiting for room never holds back a live camera
-        self._live: queue.Queue[_Pending] = queue.Queue(maxsize=4 * config.batch_size)
-        self._finite: queue.Queue[_Pending] = queue.Queue(maxsize=4 * config.batch_size)
-        self._wake = threading.Event()  # a reader handed something off
-        self._room = 0  # finite frames that may go before the model's queue depth is read again
-        self._room_read_at = -math.inf
         self._stop = threading.Event()
-        self._readers_done = threading.Event()
-        self._broker_down = threading.Event()
-        self._fatal: BaseException | None = None
+        self._sender = IngestSender(producer, config, self.stats, self._lock, self._stop, self.stop)
         self.started_at: float | None = None
         self.ended_at: float | None = None
 
@@ -187,7 +168,7 @@ class Ingest:
             )
             for s in self.sources
         ]
-        sender = threading.Thread(target=self._send_loop, name="ingest-sender", daemon=True)
+        sender = threading.Thread(target=self._sender.run, name="ingest-sender", daemon=True)
         for t in (*readers, sender):
             t.start()
         ends = self.started_at + self.config.duration if self.config.duration else math.inf
@@ -217,16 +198,16 @@ class Ingest:
                 on_tick(self)
         summary = self.summary()
         log.info("ingest_done", **{k: v for k, v in summary.items() if k != "cameras"})
-        if self._fatal is not None:
-            raise self._fatal
+        if self._sender.fatal is not None:
+            raise self._sender.fatal
         return summary
 
     def _join(self, readers: list[threading.Thread], sender: threading.Thread) -> None:
         for t in readers:
             t.join(15.0)  # a blocked network read returns within its read timeout
-        self._readers_done.set()
+        self._sender.readers_done.set()
         sender.join()
-        self._drain("stopped")  # handed off after a fatal error stopped the sender
+        self._sender.drain("stopped")  # handed off after a fatal error stopped the sender
 
     def summary(self) -> dict[str, Any]:
         """Counts so far, as a JSON-able dict (totals and per camera)."""
@@ -294,7 +275,7 @@ class Ingest:
         captured_at: float,
         image: np.ndarray | bytes,
     ) -> None:
-        if source.live and self._broker_down.is_set():
+        if source.live and self._sender.broker_down.is_set():
             self._drop(stats, "broker_unavailable")
             return
         try:
@@ -303,21 +284,9 @@ class Ingest:
             self._drop(stats, "bad_frame")
             log.warning("frame_refused", camera_id=source.camera_id, seq=seq, error=str(exc))
             return
-        item = _Pending(source.camera_id, seq, captured_at, data, source.live)
-        if source.live:
-            try:
-                self._live.put_nowait(item)
-            except queue.Full:
-                self._drop(stats, "backlog")
-            else:
-                self._wake.set()
-            return
-        while not self._stop.is_set():  # a file waits for room
-            with contextlib.suppress(queue.Full):
-                self._finite.put(item, timeout=_POLL_S)
-                self._wake.set()
-                return
-        self._drop(stats, "stopped")
+        dropped = self._sender.hand_off(source.camera_id, seq, captured_at, data, source.live)
+        if dropped is not None:
+            self._drop(stats, dropped)
 
     def _encode(self, image: np.ndarray | bytes) -> bytes:
         s = self.settings
@@ -326,146 +295,6 @@ class Ingest:
         data = bytes(image)
         codec.probe(data, max_bytes=s.max_frame_bytes, max_pixels=s.max_frame_pixels)
         return data
-
-    # ------------------------------------------------------------------ sender
-    def _next_batch(self) -> list[_Pending]:
-        """Live frames first, never held back; then finite ones while the model's queue has room."""
-        n = self.config.batch_size
-        # when stopping, what is left goes without waiting (at most the hand-off queue)
-        finite_ok = not self._finite.empty() and (self._stop.is_set() or self._has_room())
-        batch = _take(self._live, n)
-        if finite_ok and len(batch) < n:
-            room = n - len(batch) if self._stop.is_set() else min(n - len(batch), self._room)
-            more = _take(self._finite, room)
-            self._room -= len(more)
-            batch += more
-        return batch
-
-    def _has_room(self) -> bool:
-        """Room in the model's queue for finite frames (its depth read at most every 20 ms)."""
-        now = time.monotonic()
-        if self._room <= 0 and now - self._room_read_at >= 0.02:
-            limit = min(self.config.max_queued, self.settings.max_queue_depth)
-            self._room = limit - self.producer.queue_depth(self.config.model_id)
-            self._room_read_at = now
-        return self._room > 0
-
-    def _idle(self) -> bool:
-        return self._live.empty() and self._finite.empty()
-
-    def _send_loop(self) -> None:
-        retry: list[_Pending] = []
-        try:
-            backoff = Backoff(
-                min(0.25, self.config.broker_retry_max_s), self.config.broker_retry_max_s
-            )
-            while True:
-                batch: list[_Pending] = []
-                try:
-                    self._wake.clear()
-                    batch, retry = retry or self._next_batch(), []
-                    if not batch:
-                        if self._readers_done.is_set() and self._idle():
-                            return
-                        self._wake.wait(0.02 if not self._finite.empty() else _POLL_S)
-                        continue
-                    self._send(batch)
-                except BrokerUnavailable as exc:
-                    retry = self._broker_away(batch, exc, backoff)
-                    continue
-                if self._broker_down.is_set():
-                    self._broker_down.clear()
-                    log.info("broker_reconnected", attempts=backoff.attempts)
-                backoff.reset()
-        except Exception as exc:  # bad input (unknown model ...): stop everything
-            self._fatal = exc
-            self.stop()
-            self._drain("stopped")
-
-    def _broker_away(
-        self, batch: list[_Pending], exc: BrokerUnavailable, backoff: Backoff
-    ) -> list[_Pending]:
-        """Count the live frames as lost, keep the finite ones, sleep; what to retry."""
-        self._broker_down.set()
-        delay = backoff.next()
-        log.warning(
-            "broker_unavailable", attempt=backoff.attempts, retry_in_s=delay, error=str(exc)
-        )
-        keep = [p for p in batch if not p.live]
-        self._count([p for p in batch if p.live], "broker_unavailable")
-        if self._stop.is_set():
-            # stopping while Redis is away: what cannot be sent is counted, not waited for
-            self._count(keep, "broker_unavailable")
-            self._drain("broker_unavailable")
-            time.sleep(_POLL_S)
-            return []
-        self._stop.wait(delay)
-        return keep
-
-    def _count(self, items: list[_Pending], reason: str) -> None:
-        with self._lock:
-            for p in items:
-                self.stats[p.camera_id].dropped[reason] += 1
-
-    def _drain(self, reason: str) -> None:
-        self._count(_take(self._live) + _take(self._finite), reason)
-
-    def _send(self, batch: list[_Pending]) -> None:
-        items = [self._item(p) for p in batch]
-        try:
-            handles = self.producer.submit_many(items)
-        except QueueFull as exc:  # reject policy: the refused ones are marked in exc.handles
-            handles = getattr(exc, "handles", None) or [exc] * len(items)
-        except UnknownModel as exc:
-            # submit_many prefixes "item i:" through the type's constructor; keep the original
-            raise (exc.__cause__ if isinstance(exc.__cause__, UnknownModel) else exc) from None
-        except BadFrame:  # one bad frame refuses the whole batch: send them one by one
-            handles = [self._send_one(item) for item in items]
-        with self._lock:
-            for p, h in zip(batch, handles, strict=True):
-                stats = self.stats[p.camera_id]
-                if h is None:
-                    stats.dropped["bad_frame"] += 1
-                elif isinstance(h, QueueFull) or getattr(h, "refused", None) is not None:
-                    stats.dropped["queue_full"] += 1
-                else:
-                    stats.sent += 1
-
-    def _send_one(self, item: dict[str, Any]) -> Any:
-        try:
-            return self.producer.submit_many([item])[0]
-        except QueueFull as exc:
-            return exc
-        except BadFrame as exc:
-            log.warning(
-                "frame_refused", camera_id=item["camera_id"], seq=item["seq"], error=str(exc)
-            )
-            return None
-
-    def _item(self, p: _Pending) -> dict[str, Any]:
-        item: dict[str, Any] = {
-            "model_id": self.config.model_id,
-            "frame": p.data,
-            "camera_id": p.camera_id,
-            "seq": p.seq,
-            "captured_at": p.captured_at,
-        }
-        if self.config.deadline_ms is not None:
-            item["deadline_ms"] = self.config.deadline_ms
-        if not p.live:
-            item["latest_wins"] = False  # every sampled frame of a file matters
-        return item
-
-
-def _take(q: queue.Queue[_Pending], n: int | None = None) -> list[_Pending]:
-    """Up to ``n`` items (all when None) that are in ``q`` now, without waiting."""
-    out: list[_Pending] = []
-    while n is None or len(out) < n:
-        try:
-            out.append(q.get_nowait())
-        except queue.Empty:
-            break
-    return out
 
 
 def run_ingest(
