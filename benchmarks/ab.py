@@ -40,7 +40,7 @@ from benchmarks import ab_report
 from benchmarks.harness import ROOT, machine_info, save_report, test_frames, utc_minute
 from benchmarks.peers_clients import FramepoolPeer, run_closed, run_open
 from benchmarks.peers_stats import BATCH, closed_stats, cpu_split, open_schedule, open_stats
-from benchmarks.pipeline import CpuMeter, start_framepool_worker, tight_loop
+from benchmarks.pipeline import CpuMeter, start_framepool_workers, tight_loop
 from benchmarks.sandbox import BenchError, Sandbox, run_measure
 from framepool.settings import Settings
 
@@ -48,6 +48,7 @@ MODEL = "resnet18"
 CHUNK = 32  # closed loop: 32-64 frames outstanding
 DISTINCT_FRAMES = 16
 SIDES = ("a", "b")
+SAME = "A and B would be the same workers: give --base, --a-env, --b-env or --a/--b-workers"
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -78,10 +79,16 @@ class Side:
     env: Mapping[str, str] = field(default_factory=dict)
     tree: Path | None = None  # None: this checkout
     code: str = "this checkout"  # what runs, for the report
+    workers: int = 1  # worker processes, the torch threads shared out among them
 
     def describe(self) -> str:
         env = " ".join(f"{k}={v}" for k, v in sorted(self.env.items()))
-        return f"{self.code}{', ' + env if env else ''}"
+        procs = f", {self.workers} worker processes" if self.workers > 1 else ""
+        return f"{self.code}{procs}{', ' + env if env else ''}"
+
+    def threads(self, total: int) -> int:
+        """Torch threads per worker process: ``total`` shared out, at least 1."""
+        return max(1, total // self.workers)
 
 
 @dataclass(frozen=True)
@@ -129,11 +136,12 @@ def worktree(sha: str) -> Iterator[Path]:
 
 def run_side(sb: Sandbox, plan: Plan, side: Side, name: str, peer: FramepoolPeer,
              times: Sequence[float]) -> dict[str, Any]:  # fmt: skip
-    """Start side's worker, warm it up, run the open then the closed loop, stop it."""
-    worker = start_framepool_worker(sb, MODEL, plan.threads, plan.device, name, env=side.env,
-                                    tree=side.tree)  # fmt: skip
-    pids = [worker.pid, sb.redis.proc.pid]
-    ran_in = os.readlink(f"/proc/{worker.pid}/cwd")  # which checkout's code it runs
+    """Start side's workers, warm them up, run the open then the closed loop, stop them."""
+    names = [name] if side.workers == 1 else [f"{name}-{i}" for i in range(side.workers)]
+    workers = start_framepool_workers(sb, MODEL, side.threads(plan.threads), plan.device, names,
+                                      env=side.env, tree=side.tree)  # fmt: skip
+    pids = [w.pid for w in workers] + [sb.redis.proc.pid]
+    ran_in = os.readlink(f"/proc/{workers[0].pid}/cwd")  # which checkout's code they run
 
     def meter() -> CpuMeter:
         return CpuMeter({f"srv:{pid}": pid for pid in pids})
@@ -149,7 +157,8 @@ def run_side(sb: Sandbox, plan: Plan, side: Side, name: str, peer: FramepoolPeer
         closed = closed_stats(replies, wall)
         closed["cpu_ms_per_frame"] = cpu_split(m.per_frame_ms(plan.frames))
     finally:
-        sb.stop(worker)
+        for w in workers:
+            sb.stop(w)
     return {"open": opened, "closed": closed, "cwd": ran_in}
 
 
@@ -183,10 +192,11 @@ def measure(sb: Sandbox, plan: Plan, sides: Mapping[str, Side],
 
 
 def command_line(a_env: Mapping[str, str], b_env: Mapping[str, str], base: str | None,
-                 plan: Plan) -> str:  # fmt: skip
+                 plan: Plan, workers: tuple[int, int] = (1, 1)) -> str:  # fmt: skip
     parts = ["framepool bench ab"]
     parts += [f"--a-env {k}={v}" for k, v in a_env.items()]
     parts += [f"--b-env {k}={v}" for k, v in b_env.items()]
+    parts += [f"--{s}-workers {n}" for s, n in zip(SIDES, workers, strict=True) if n != 1]
     if base:
         parts.append(f"--base {base}")
     parts.append(
@@ -199,16 +209,16 @@ def command_line(a_env: Mapping[str, str], b_env: Mapping[str, str], base: str |
 
 def main(*, a_env: Mapping[str, str], b_env: Mapping[str, str], base: str | None, pairs: int,
          frames: int, latency_frames: int, load: float, fps: float | None, cameras: int,
-         out: Path, docs: bool, started: float) -> int:  # fmt: skip
+         out: Path, docs: bool, started: float, workers: tuple[int, int] = (1, 1)) -> int:  # fmt: skip
     import torch
 
-    if base is None and dict(a_env) == dict(b_env):
-        raise BenchError("A and B would be the same worker: give --base, --a-env or --b-env")
+    if base is None and dict(a_env) == dict(b_env) and workers[0] == workers[1]:
+        raise BenchError(SAME)
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     plan = Plan(frames, latency_frames, pairs, load, cameras, fps, torch.get_num_threads(), device)
-    command = command_line(a_env, b_env, base, plan)
+    command = command_line(a_env, b_env, base, plan, workers)
     head = _git("rev-parse", "--short", "HEAD")
-    dirty = bool(_git("status", "--porcelain", "--untracked-files=no"))
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", "*.py"))
     here = f"this checkout ({head}{' + uncommitted changes' if dirty else ''})"
     jpegs = test_frames(DISTINCT_FRAMES, quality=Settings().jpeg_quality)
     info = machine_info()
@@ -216,12 +226,12 @@ def main(*, a_env: Mapping[str, str], b_env: Mapping[str, str], base: str | None
     _log(f"{command}: {info['nproc']} CPUs, {info['cpu']}; {device}, torch threads {plan.threads}")
     with contextlib.ExitStack() as stack:
         if base is None:
-            a = Side(dict(a_env), None, here)
+            a = Side(dict(a_env), None, here, workers[0])
         else:
             sha = resolve_ref(base)
             tree = stack.enter_context(worktree(sha))
-            a = Side(dict(a_env), tree, f"{base} ({sha[:7]})")
-        sides = {"a": a, "b": Side(dict(b_env), None, here)}
+            a = Side(dict(a_env), tree, f"{base} ({sha[:7]})", workers[0])
+        sides = {"a": a, "b": Side(dict(b_env), None, here, workers[1])}
         for s, side in sides.items():
             _log(f"{s.upper()}: {side.describe()}")
         res = run_measure(lambda sb: measure(sb, plan, sides, jpegs))
@@ -241,6 +251,7 @@ def main(*, a_env: Mapping[str, str], b_env: Mapping[str, str], base: str | None
             "cameras": cameras,
             "max_batch_size": BATCH,
             "torch_threads": plan.threads,
+            "workers": {s: side.workers for s, side in sides.items()},
             "device": device,
             "calibration_fps": res.get("calibration_fps"),
             "open_fps": res["open_fps"],

@@ -73,6 +73,10 @@ def bench_peers(
               help="environment of side B's worker (repeatable)")  # fmt: skip
 @click.option("--base", metavar="REF",
               help="run side A from a git worktree of REF (B: this checkout as it is)")  # fmt: skip
+@click.option("--a-workers", default=1, show_default=True, type=click.IntRange(1, 16),
+              help="side A's worker processes (the torch threads shared out among them)")  # fmt: skip
+@click.option("--b-workers", default=1, show_default=True, type=click.IntRange(1, 16),
+              help="side B's worker processes")  # fmt: skip
 @click.option("--pairs", default=6, show_default=True, type=click.IntRange(1))
 @click.option("--frames", default=300, show_default=True, type=click.IntRange(16),
               help="frames per closed-loop run")  # fmt: skip
@@ -85,12 +89,13 @@ def bench_peers(
 @click.option("--cameras", default=4, show_default=True, type=click.IntRange(1))
 @click.option("--out", default="benchmarks/results/ab.json", show_default=True)
 @click.option("--no-docs", is_flag=True, help="leave docs/benchmarks.md alone (a trial run)")
-def bench_ab(a_env: tuple[str, ...], b_env: tuple[str, ...], base: str | None, pairs: int,
+def bench_ab(a_env: tuple[str, ...], b_env: tuple[str, ...], base: str | None, a_workers: int,
+             b_workers: int, pairs: int,
              frames: int, latency_frames: int, load: float, fps: float | None, cameras: int,
              out: str, no_docs: bool) -> None:  # fmt: skip
     """One change to the worker (settings, or code against --base), in interleaved pairs."""
+    from benchmarks.ab import SAME, parse_env, resolve_ref
     from benchmarks.ab import main as run
-    from benchmarks.ab import parse_env, resolve_ref
     from benchmarks.sandbox import BenchError
 
     started = time.time()
@@ -98,14 +103,15 @@ def bench_ab(a_env: tuple[str, ...], b_env: tuple[str, ...], base: str | None, p
         a, b = parse_env(a_env), parse_env(b_env)
     except ValueError as exc:
         fail(str(exc))
-    if base is None and a == b:
-        fail("A and B would be the same worker: give --base, --a-env or --b-env")
+    if base is None and a == b and a_workers == b_workers:
+        fail(SAME)
     try:
         if base is not None:
             resolve_ref(base)
         code = run(a_env=a, b_env=b, base=base, pairs=pairs, frames=frames,
                    latency_frames=latency_frames, load=load, fps=fps, cameras=cameras,
-                   out=Path(out), docs=not no_docs, started=started)  # fmt: skip
+                   out=Path(out), docs=not no_docs, started=started,
+                   workers=(a_workers, b_workers))  # fmt: skip
     except BenchError as exc:
         fail(str(exc))
     sys.exit(code)

@@ -148,3 +148,14 @@ def test_the_command_refuses_what_it_cannot_compare(args: list[str], message: st
     result = CliRunner().invoke(cli, ["bench", "ab", *args])
     assert result.exit_code == 2
     assert message in result.output
+
+
+def test_a_side_with_several_workers_shares_out_the_threads() -> None:
+    two = ab.Side({"X": "1"}, None, "this checkout", workers=2)
+    assert two.threads(2) == 1 and two.threads(1) == 1 and ab.Side().threads(2) == 2
+    assert two.describe() == "this checkout, 2 worker processes, X=1"
+    plan = ab.Plan(300, 200, 4, 0.5, 4, None, 2, "cpu")
+    assert "--b-workers 2 --pairs" in ab.command_line({}, {}, None, plan, (1, 2))
+    assert "-workers" not in ab.command_line({}, {"X": "1"}, None, plan)
+    result = CliRunner().invoke(cli, ["bench", "ab", "--a-workers", "2", "--b-workers", "2"])
+    assert result.exit_code == 2 and "the same workers" in result.output
