@@ -11,11 +11,16 @@ GPU's memory as NVML reads it now: a model goes to the GPUs where N copies of it
 (one per worker) fit beside the models before it in ``--models`` and
 ``GPU_MEMORY_RESERVE_MB``; one that fits on no GPU goes to CPU workers under
 ``GPU_FALLBACK_TO_CPU``, else the plan is refused (:class:`ModelRefused`).
+CPU workers share the host's cores: each gets ``OMP_NUM_THREADS`` = cores // CPU
+workers (at least 1) unless the environment sets it, so N of them do not run N x
+cores torch threads (docs/benchmarks.md, `bench ab`: on 2 cores, two workers of one
+thread each served resnet18 1.13x faster than one of two, with p99 0.77x).
 :class:`~workers.supervisor.Supervisor` starts and keeps them running.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +42,8 @@ class WorkerSpec:
     models: Sequence[str]
     concurrency: int | None = None
     env: dict[str, str] = field(default_factory=dict)
+    #: like ``env``, but the supervisor's own environment wins over these
+    env_defaults: dict[str, str] = field(default_factory=dict)
 
     def argv(self) -> list[str]:
         cmd = [sys.executable, "-m", "framepool.cli", "worker", "--device", self.device]
@@ -51,6 +58,19 @@ def pin_env(gpu: int | None) -> dict[str, str]:
     if gpu is None:
         return {"CUDA_VISIBLE_DEVICES": ""}
     return {"CUDA_VISIBLE_DEVICES": str(gpu), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+
+
+def host_cpus() -> int:
+    """The cores this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity on this platform
+        return max(1, os.cpu_count() or 1)
+
+
+def cpu_threads(cpus: int, cpu_workers: int) -> dict[str, str]:
+    """The torch (OpenMP) threads of each of ``cpu_workers`` CPU workers on ``cpus`` cores."""
+    return {"OMP_NUM_THREADS": str(max(1, cpus // max(1, cpu_workers)))}
 
 
 def detect_gpus() -> int:
@@ -171,6 +191,7 @@ def plan_workers(
     reserve_mb: float = 0.0,
     fallback_to_cpu: bool = True,
     count: Callable[[], int] = detect_gpus,
+    cpus: Callable[[], int] = host_cpus,
 ) -> Plan:
     """The workers for ``--gpus``, ``--workers-per-gpu`` and ``--models`` (module docstring).
 
@@ -219,8 +240,12 @@ def plan_workers(
     if cpu_models:
         if ids:
             notes.append(f"{', '.join(cpu_models)} on CPU workers (GPU_FALLBACK_TO_CPU)")
+        threads = cpu_threads(cpus(), len(slots))
         specs += [
-            WorkerSpec(f"cpu-{k}@{host}", "cpu", cpu_models, env=pin_env(None)) for k in slots
+            WorkerSpec(
+                f"cpu-{k}@{host}", "cpu", cpu_models, env=pin_env(None), env_defaults=threads
+            )  # fmt: skip
+            for k in slots
         ]
     for note in notes:
         log.warning("placement_note", note=note)

@@ -112,7 +112,7 @@ class Supervisor:
         try:
             child.proc = subprocess.Popen(
                 child.spec.argv(),
-                env={**self.env, **child.spec.env},
+                env={**child.spec.env_defaults, **self.env, **child.spec.env},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: signalled as a whole

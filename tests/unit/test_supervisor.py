@@ -33,6 +33,36 @@ def test_cpu_plan_names_and_pins() -> None:
     assert plan.specs[0].argv()[-4:] == ["--models", "shape_detector", "--name", "cpu-1@box"]
 
 
+def test_cpu_workers_share_out_the_cores() -> None:
+    def threads(plan: object) -> list[str]:
+        return [s.env_defaults.get("OMP_NUM_THREADS", "-") for s in plan.specs]  # type: ignore[attr-defined]
+
+    assert threads(plan_workers("none", 2, ["m"], "box", cpus=lambda: 2)) == ["1", "1"]
+    assert threads(plan_workers("none", 1, ["m"], "box", cpus=lambda: 8)) == ["8"]
+    assert threads(plan_workers("none", 3, ["m"], "box", cpus=lambda: 8)) == ["2", "2", "2"]
+    assert threads(plan_workers("none", 4, ["m"], "box", cpus=lambda: 2)) == ["1"] * 4
+    # GPU workers keep torch's own default
+    assert threads(plan_workers("0", 2, ["m"], "box", cpus=lambda: 2)) == ["-", "-"]
+
+
+def test_the_environment_wins_over_a_specs_defaults(tmp_path: Path) -> None:
+    key = "FRAMEPOOL_TEST_THREADS"  # a name nothing else sets
+    code = f"import os; print('threads', os.environ['{key}'], os.environ['X'])"
+    out = {}
+    for name, env in (("cpu-1@box", {}), ("cpu-2@box", {key: "7"})):
+        spec = Script(name, code)
+        spec.env_defaults = {key: "1", "X": "default"}
+        spec.env = {"X": "spec"}
+        sup = Supervisor([spec], env=env, log_dir=tmp_path)
+        sup.start()
+        proc = sup.children[0].proc
+        assert proc is not None
+        proc.wait(30)
+        out[name] = (tmp_path / f"{name.replace('@', '_')}.log").read_text().strip()
+        sup.stop()
+    assert out == {"cpu-1@box": "threads 1 spec", "cpu-2@box": "threads 7 spec"}
+
+
 def test_gpu_plan_one_process_per_gpu_and_slot_pinned() -> None:
     plan = plan_workers("0,1", 2, ["a", "b"], "box")
     assert [s.name for s in plan.specs] == ["gpu0-1@box", "gpu0-2@box", "gpu1-1@box", "gpu1-2@box"]
