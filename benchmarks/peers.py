@@ -55,7 +55,7 @@ from benchmarks.peers_stats import (
     open_stats,
     rotate,
 )
-from benchmarks.pipeline import CpuMeter, start_framepool_worker, tight_loop
+from benchmarks.pipeline import CpuMeter, start_framepool_workers, tight_loop
 from benchmarks.sandbox import Sandbox, run_measure
 from framepool.settings import Settings
 
@@ -91,6 +91,12 @@ class Plan:
     peers: tuple[str, ...]
     threads: int
     device: str
+    replicas: int = 1  # framepool workers, Ray replicas, Triton instances
+
+    @property
+    def threads_each(self) -> int:
+        """Torch threads per replica: the direct call's shared out, at least 1."""
+        return max(1, self.threads // self.replicas)
 
 
 def start_systems(
@@ -108,16 +114,19 @@ def start_systems(
     direct = DirectPeer(Resnet18Service(root, plan.device, plan.threads), jpegs, BATCH)
     closers.append(direct.close)
     systems["direct"] = System("direct", direct)
-    _log("framepool: starting worker")
-    worker = start_framepool_worker(sb, "resnet18", plan.threads, plan.device)
+    n = plan.replicas
+    _log(f"framepool: starting {n} worker(s), {plan.threads_each} torch thread(s) each")
+    names = ["fp-resnet18"] if n == 1 else [f"fp-resnet18-{i}" for i in range(n)]
+    workers = start_framepool_workers(sb, "resnet18", plan.threads_each, plan.device, names)
     fp = FramepoolPeer(settings, "resnet18", jpegs)
     closers.append(fp.close)
-    redis_pid = sb.redis.proc.pid
-    systems["framepool"] = System("framepool", fp, lambda: [worker.pid, redis_pid])
+    fp_pids = [w.pid for w in workers] + [sb.redis.proc.pid]
+    systems["framepool"] = System("framepool", fp, lambda: fp_pids)
     if "ray" in plan.peers and status["ray"] is None:
         _log("ray: starting a private cluster and the @serve.batch deployment")
         try:
-            ray = peers_ray.RayServe(sb, root, plan.device, plan.threads, BATCH, 2 * CHUNK)
+            ray = peers_ray.RayServe(sb, root, plan.device, plan.threads_each, BATCH, 2 * CHUNK,
+                                     replicas=n)  # fmt: skip
         except Exception as exc:
             why = f"failed to start: {type(exc).__name__}: {exc}"[:2000]
             status["ray"] = why
@@ -132,7 +141,8 @@ def start_systems(
     if "triton" in plan.peers and status["triton"] is None:
         _log("triton: starting PyTriton")
         try:
-            tri = peers_triton.TritonServer(sb, root, plan.device, plan.threads, BATCH)
+            tri = peers_triton.TritonServer(sb, root, plan.device, plan.threads_each, BATCH,
+                                            instances=n)  # fmt: skip
         except Exception as exc:
             why = f"failed to start: {type(exc).__name__}: {exc}"[:2000]
             status["triton"] = why
@@ -255,25 +265,27 @@ def _open(res: dict[str, Any], s: System, times: Sequence[float], r: int) -> Non
 
 # ------------------------------------------------------------------ entry point
 def command_line(frames: int, latency_frames: int | None, repeats: int, load: float,
-                 cameras: int, peers: Sequence[str]) -> str:  # fmt: skip
+                 cameras: int, peers: Sequence[str], replicas: int = 1) -> str:  # fmt: skip
     parts = [f"framepool bench peers --frames {frames} --repeats {repeats}"]
     if latency_frames is not None:
         parts.append(f"--latency-frames {latency_frames}")
     parts.append(f"--load {load:g} --cameras {cameras}")
     if tuple(peers) != PEERS:
         parts.append(f"--peers {','.join(peers) or 'none'}")
+    if replicas != 1:
+        parts.append(f"--replicas {replicas}")
     return " ".join(parts)
 
 
 def main(frames: int, repeats: int, out: Path, started: float, *, latency_frames: int | None = None,
          load: float = 0.5, cameras: int = 4, peers: Sequence[str] = PEERS,
-         docs: bool = True) -> int:  # fmt: skip
+         docs: bool = True, replicas: int = 1) -> int:  # fmt: skip
     import torch
 
-    command = command_line(frames, latency_frames, repeats, load, cameras, peers)
+    command = command_line(frames, latency_frames, repeats, load, cameras, peers, replicas)
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     plan = Plan(frames, latency_frames or max(16, frames // 2), repeats, load, cameras,
-                tuple(peers), torch.get_num_threads(), device)  # fmt: skip
+                tuple(peers), torch.get_num_threads(), device, replicas)  # fmt: skip
     status: dict[str, str | None] = {
         "ray": peers_ray.missing() if "ray" in peers else "not selected (--peers)",
         "triton": peers_triton.missing() if "triton" in peers else "not selected (--peers)",
@@ -303,6 +315,7 @@ def main(frames: int, repeats: int, out: Path, started: float, *, latency_frames
             "max_batch_size": BATCH,
             "batch_wait_ms": 5.0,
             "torch_threads": plan.threads,
+            "replicas": replicas,
             "device": device,
             "closed_loop_outstanding": [CHUNK, 2 * CHUNK],
             "warmup_frac": WARMUP_FRAC,

@@ -94,7 +94,8 @@ def loopback_replica_grpc() -> None:
     replica.add_port_to_grpc_server = loopback
 
 
-def build_app(models_root: str, device: str, threads: int, max_batch: int, max_ongoing: int) -> Any:
+def build_app(models_root: str, device: str, threads: int, max_batch: int, max_ongoing: int,
+              replicas: int = 1) -> Any:  # fmt: skip
     """The Serve application (bound, not yet running)."""
     from ray import serve
 
@@ -102,7 +103,7 @@ def build_app(models_root: str, device: str, threads: int, max_batch: int, max_o
 
     @serve.deployment(
         name="Resnet18",
-        num_replicas=1,
+        num_replicas=replicas,
         max_ongoing_requests=max_ongoing,  # >= the batch cap, or batches never fill
         ray_actor_options={
             "num_cpus": 1,
@@ -132,7 +133,7 @@ class RayServe:
     """The cluster, the application and its two clients' plumbing."""
 
     def __init__(self, sb: Sandbox, models_root: str, device: str, threads: int, max_batch: int,
-                 max_ongoing: int) -> None:  # fmt: skip
+                 max_ongoing: int, replicas: int = 1) -> None:  # fmt: skip
         import logging
 
         _use_ray_env()  # the driver (this process) reads them too
@@ -155,7 +156,7 @@ class RayServe:
                 configure_logging=False,
             )
             serve.start(http_options={"host": "127.0.0.1", "port": self.http_port})
-            app = build_app(models_root, device, threads, max_batch, max_ongoing)
+            app = build_app(models_root, device, threads, max_batch, max_ongoing, replicas)
             self.handle = serve.run(app, name=APP, route_prefix=ROUTE, blocking=False)
         except BaseException:
             self.close()

@@ -265,13 +265,23 @@ def not_measured(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _replicas(cfg: dict[str, Any]) -> str:
+    n = cfg.get("replicas", 1)
+    if n == 1:
+        return ""
+    each = max(1, cfg["torch_threads"] // n)
+    return (f"; framepool, Ray and Triton each serve {n} replicas of {each} torch thread(s) "
+            f"(framepool: {n} worker processes, Ray: num_replicas={n}, Triton: {n} model "
+            f"instances), the direct call one model with {cfg['torch_threads']}")  # fmt: skip
+
+
 def latest_block(report: dict[str, Any]) -> str:
     m, cfg = report["machine"], report["config"]
     v = m["versions"]
     figs = report["figures"]
     lines = [
         *report_head(report),
-        f"- device {cfg['device']}, torch threads {cfg['torch_threads']}",
+        f"- device {cfg['device']}, torch threads {cfg['torch_threads']}" + _replicas(cfg),
         f"- versions: Python {v['python']}, torch {v['torch']}, Celery {v['celery']}, "
         f"redis-server {v.get('redis-server', '?')}, ray {v.get('ray', '-')}, "
         f"nvidia-pytriton {v.get('nvidia-pytriton', '-')}, tritonclient "

@@ -94,11 +94,12 @@ class TritonServer:
     """The PyTriton child and its ports."""
 
     def __init__(self, sb: Sandbox, models_root: str, device: str, threads: int, max_batch: int,
-                 timeout: float = 180.0) -> None:  # fmt: skip
+                 timeout: float = 180.0, instances: int = 1) -> None:  # fmt: skip
         self.version = _version()
         self.http_port, self.grpc_port = free_port(), free_port()
         argv = [sys.executable, "-m", "benchmarks.peers_triton", "--models-root", models_root]
         argv += ["--device", device, "--threads", str(threads), "--max-batch", str(max_batch)]
+        argv += ["--instances", str(instances)]
         argv += ["--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port)]
         argv += ["--metrics-port", str(free_port()), "--workspace", str(sb.dir / "triton")]
         self.sb = sb
@@ -171,6 +172,7 @@ def serve(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--instances", type=int, default=1, help="model instances (threads)")
     p.add_argument("--http-port", type=int, required=True)
     p.add_argument("--grpc-port", type=int, required=True)
     p.add_argument("--metrics-port", type=int, required=True)
@@ -184,19 +186,24 @@ def serve(argv: Sequence[str] | None = None) -> None:
 
     service = Resnet18Service(args.models_root, args.device, args.threads)
 
-    @batch
-    def infer(frame: Any) -> dict[str, Any]:
-        replies = service([row[0] for row in frame])
+    def make_infer() -> Any:  # one callable per model instance (PyTriton runs each in a thread)
+        @batch
+        def infer(frame: Any) -> dict[str, Any]:
+            replies = service([row[0] for row in frame])
 
-        def col(key: str, dtype: Any) -> Any:
-            return np.array([[r[key]] for r in replies], dtype=dtype)
+            def col(key: str, dtype: Any) -> Any:
+                return np.array([[r[key]] for r in replies], dtype=dtype)
 
-        return {
-            "completed_at": col("completed_at", np.float64),
-            "inference_ms": col("inference_ms", np.float64),
-            "postprocess_ms": col("postprocess_ms", np.float64),
-            "batch_size": col("batch_size", np.int32),
-        }
+            return {
+                "completed_at": col("completed_at", np.float64),
+                "inference_ms": col("inference_ms", np.float64),
+                "postprocess_ms": col("postprocess_ms", np.float64),
+                "batch_size": col("batch_size", np.int32),
+            }
+
+        return infer
+
+    infers = [make_infer() for _ in range(max(1, args.instances))]
 
     config = TritonConfig(
         http_address="127.0.0.1",
@@ -213,7 +220,7 @@ def serve(argv: Sequence[str] | None = None) -> None:
     with Triton(config=config, workspace=args.workspace) as triton:
         triton.bind(
             model_name=MODEL_ID,
-            infer_func=infer,
+            infer_func=infers if len(infers) > 1 else infers[0],
             inputs=[Tensor(name="frame", dtype=bytes, shape=(1,))],
             outputs=[
                 Tensor(name="completed_at", dtype=np.float64, shape=(1,)),

@@ -41,6 +41,9 @@ def bench_pipeline(frames: int, repeats: int, out: str, no_docs: bool) -> None:
 @click.option("--cameras", default=4, show_default=True, type=click.IntRange(1))
 @click.option("--peers", "peers_", default="ray,triton", show_default=True,
               help="peers to compare, comma-separated (ray, triton), or none")  # fmt: skip
+@click.option("--replicas", default=1, show_default=True, type=click.IntRange(1, 16),
+              help="framepool worker processes, Ray replicas and Triton instances, the torch "
+              "threads shared out among them (the direct call keeps one model)")  # fmt: skip
 @click.option("--out", default="benchmarks/results/peers.json", show_default=True)
 @click.option("--no-docs", is_flag=True, help="leave docs/benchmarks.md alone (a trial run)")
 def bench_peers(
@@ -50,6 +53,7 @@ def bench_peers(
     load: float,
     cameras: int,
     peers_: str,
+    replicas: int,
     out: str,
     no_docs: bool,
 ) -> None:
@@ -63,7 +67,7 @@ def bench_peers(
     sys.exit(run(frames=frames, repeats=repeats, out=Path(out), started=started,
                  latency_frames=latency_frames, load=load, cameras=cameras,
                  peers=tuple(p for p in ("ray", "triton") if p in chosen),
-                 docs=not no_docs))  # fmt: skip
+                 docs=not no_docs, replicas=replicas))  # fmt: skip
 
 
 @bench.command(name="ab")

@@ -264,6 +264,22 @@ def test_latest_block_names_every_system_and_why_peers_are_missing(
     assert "20.0 frames/s (0.5 x the tight loop's 40.0 frames/s" in text
 
 
+def test_replicas_are_named_in_the_command_and_the_block(report: dict[str, Any]) -> None:
+    from benchmarks.peers import Plan, command_line
+
+    assert command_line(64, None, 1, 0.5, 4, ("ray", "triton")).endswith("--cameras 4")
+    assert command_line(64, None, 1, 0.5, 4, ("ray", "triton"), 2).endswith("--replicas 2")
+    assert Plan(64, 32, 1, 0.5, 4, (), 2, "cpu", 2).threads_each == 1
+    assert Plan(64, 32, 1, 0.5, 4, (), 2, "cpu", 4).threads_each == 1  # at least one
+    assert Plan(64, 32, 1, 0.5, 4, (), 8, "cpu").threads_each == 8
+    assert "replicas" not in peers_report.latest_block(report)
+    report["config"]["replicas"] = 2
+    assert (
+        "framepool, Ray and Triton each serve 2 replicas of 1 torch thread(s)"
+        in peers_report.latest_block(report)
+    )
+
+
 def test_update_docs_adds_the_section_once_and_a_history_row_per_run(
     report: dict[str, Any], tmp_path: Path
 ) -> None:
