@@ -7,8 +7,9 @@ environment (``--a-env`` / ``--b-env KEY=VALUE``: a setting, a thread count) and
 by the code when ``--base REF`` is given (A then runs from a ``git worktree`` of
 REF, B from this checkout as it is, uncommitted changes included).
 
-Each pair starts a fresh ``framepool worker --models resnet18`` for each side in
-turn, against the same private Redis, with the same frames (16 distinct 640x480
+Each pair starts a fresh ``framepool worker --models resnet18`` (``--model``: another
+model of the zoo, e.g. ``noop`` for the per-frame cost of the path alone, with ``--fps``
+since ``--load`` is a fraction of resnet18's tight loop) for each side in turn, against the same private Redis, with the same frames (16 distinct 640x480
 JPEGs, q90) through ``FrameProducer``, and stops it before the other starts; the
 side that goes first alternates from pair to pair. Per side: a warm-up (64
 frames), an open loop (``--latency-frames`` frames from ``--cameras`` cameras at
@@ -44,7 +45,7 @@ from benchmarks.pipeline import CpuMeter, start_framepool_workers, tight_loop
 from benchmarks.sandbox import BenchError, Sandbox, run_measure
 from framepool.settings import Settings
 
-MODEL = "resnet18"
+MODEL = "resnet18"  # the default; the tight loop (--load) is this model's
 CHUNK = 32  # closed loop: 32-64 frames outstanding
 DISTINCT_FRAMES = 16
 SIDES = ("a", "b")
@@ -65,6 +66,14 @@ def parse_env(items: Sequence[str]) -> dict[str, str]:
             raise ValueError(f"expected KEY=VALUE (KEY a variable name), got {item!r}")
         out[key] = value
     return out
+
+
+def check_rate(model: str, fps: float | None) -> None:
+    """``--load`` is a fraction of resnet18's tight loop: another model needs ``--fps``."""
+    if model != MODEL and fps is None:
+        raise BenchError(
+            f"--load is a fraction of {MODEL}'s tight loop; give --fps for --model {model}"
+        )
 
 
 def order(pair: int) -> tuple[str, str]:
@@ -101,6 +110,7 @@ class Plan:
     fps: float | None
     threads: int
     device: str
+    model: str = MODEL
 
 
 def _git(*args: str, cwd: Path = ROOT) -> str:
@@ -138,7 +148,7 @@ def run_side(sb: Sandbox, plan: Plan, side: Side, name: str, peer: FramepoolPeer
              times: Sequence[float]) -> dict[str, Any]:  # fmt: skip
     """Start side's workers, warm them up, run the open then the closed loop, stop them."""
     names = [name] if side.workers == 1 else [f"{name}-{i}" for i in range(side.workers)]
-    workers = start_framepool_workers(sb, MODEL, side.threads(plan.threads), plan.device, names,
+    workers = start_framepool_workers(sb, plan.model, side.threads(plan.threads), plan.device, names,
                                       env=side.env, tree=side.tree)  # fmt: skip
     pids = [w.pid for w in workers] + [sb.redis.proc.pid]
     ran_in = os.readlink(f"/proc/{workers[0].pid}/cwd")  # which checkout's code they run
@@ -174,7 +184,7 @@ def measure(sb: Sandbox, plan: Plan, sides: Mapping[str, Side],
         fps = plan.load * calib.steady_fps
     res["open_fps"] = round(fps, 2)
     sched = open_schedule(plan.latency_frames, fps, plan.cameras)
-    peer = FramepoolPeer(settings, MODEL, jpegs)
+    peer = FramepoolPeer(settings, plan.model, jpegs)
     peer.camera_of = [c for _, c, _ in sched]
     _log(f"open loop at {fps:.1f} frames/s from {plan.cameras} cameras")
     try:
@@ -194,6 +204,8 @@ def measure(sb: Sandbox, plan: Plan, sides: Mapping[str, Side],
 def command_line(a_env: Mapping[str, str], b_env: Mapping[str, str], base: str | None,
                  plan: Plan, workers: tuple[int, int] = (1, 1)) -> str:  # fmt: skip
     parts = ["framepool bench ab"]
+    if plan.model != MODEL:
+        parts.append(f"--model {plan.model}")
     parts += [f"--a-env {k}={v}" for k, v in a_env.items()]
     parts += [f"--b-env {k}={v}" for k, v in b_env.items()]
     parts += [f"--{s}-workers {n}" for s, n in zip(SIDES, workers, strict=True) if n != 1]
@@ -209,13 +221,16 @@ def command_line(a_env: Mapping[str, str], b_env: Mapping[str, str], base: str |
 
 def main(*, a_env: Mapping[str, str], b_env: Mapping[str, str], base: str | None, pairs: int,
          frames: int, latency_frames: int, load: float, fps: float | None, cameras: int,
-         out: Path, docs: bool, started: float, workers: tuple[int, int] = (1, 1)) -> int:  # fmt: skip
+         out: Path, docs: bool, started: float, workers: tuple[int, int] = (1, 1),
+         model: str = MODEL) -> int:  # fmt: skip
     import torch
 
     if base is None and dict(a_env) == dict(b_env) and workers[0] == workers[1]:
         raise BenchError(SAME)
+    check_rate(model, fps)
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
-    plan = Plan(frames, latency_frames, pairs, load, cameras, fps, torch.get_num_threads(), device)
+    plan = Plan(frames, latency_frames, pairs, load, cameras, fps, torch.get_num_threads(), device,
+                model)  # fmt: skip
     command = command_line(a_env, b_env, base, plan, workers)
     head = _git("rev-parse", "--short", "HEAD")
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", "*.py"))
@@ -243,7 +258,7 @@ def main(*, a_env: Mapping[str, str], b_env: Mapping[str, str], base: str | None
         "machine": info,
         "sides": {s: side.describe() for s, side in sides.items()},
         "config": {
-            "model": MODEL,
+            "model": model,
             "frames": frames,
             "latency_frames": latency_frames,
             "pairs": pairs,

@@ -91,14 +91,16 @@ def bench_peers(
 @click.option("--fps", type=click.FloatRange(0, min_open=True),
               help="open-loop rate in frames/s (instead of --load; skips the tight loop)")  # fmt: skip
 @click.option("--cameras", default=4, show_default=True, type=click.IntRange(1))
+@click.option("--model", "model_id", default="resnet18", show_default=True,
+              help="the workers' model (another than resnet18 needs --fps)")  # fmt: skip
 @click.option("--out", default="benchmarks/results/ab.json", show_default=True)
 @click.option("--no-docs", is_flag=True, help="leave docs/benchmarks.md alone (a trial run)")
 def bench_ab(a_env: tuple[str, ...], b_env: tuple[str, ...], base: str | None, a_workers: int,
              b_workers: int, pairs: int,
              frames: int, latency_frames: int, load: float, fps: float | None, cameras: int,
-             out: str, no_docs: bool) -> None:  # fmt: skip
+             model_id: str, out: str, no_docs: bool) -> None:  # fmt: skip
     """One change to the worker (settings, or code against --base), in interleaved pairs."""
-    from benchmarks.ab import SAME, parse_env, resolve_ref
+    from benchmarks.ab import SAME, check_rate, parse_env, resolve_ref
     from benchmarks.ab import main as run
     from benchmarks.sandbox import BenchError
 
@@ -109,13 +111,15 @@ def bench_ab(a_env: tuple[str, ...], b_env: tuple[str, ...], base: str | None, a
         fail(str(exc))
     if base is None and a == b and a_workers == b_workers:
         fail(SAME)
+    check_models(load_settings(), [model_id])
     try:
+        check_rate(model_id, fps)
         if base is not None:
             resolve_ref(base)
         code = run(a_env=a, b_env=b, base=base, pairs=pairs, frames=frames,
                    latency_frames=latency_frames, load=load, fps=fps, cameras=cameras,
                    out=Path(out), docs=not no_docs, started=started,
-                   workers=(a_workers, b_workers))  # fmt: skip
+                   workers=(a_workers, b_workers), model=model_id)  # fmt: skip
     except BenchError as exc:
         fail(str(exc))
     sys.exit(code)

@@ -1,5 +1,6 @@
 """``framepool bench ab`` for real: side A from a git worktree of HEAD, side B from
-this checkout with a setting changed, one pair on a handful of frames."""
+this checkout with a setting changed, one pair on a handful of frames of ``noop``
+(the per-frame path without a model's cost)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def test_one_pair_from_a_worktree_and_this_checkout(tmp_path: Path) -> None:
     out = tmp_path / "ab.json"
     proc = subprocess.run(
         [sys.executable, "-m", "framepool.cli", "bench", "ab", "--base", "HEAD",
-         "--b-env", "CPU_WAIT_POLICY=passive", "--pairs", "1", "--frames", "16",
+         "--b-env", "CPU_WAIT_POLICY=passive", "--model", "noop", "--pairs", "1", "--frames", "16",
          "--latency-frames", "16", "--fps", "4", "--no-docs", "--out", str(out)],
         capture_output=True, text=True, timeout=300, cwd=ROOT,
     )  # fmt: skip
@@ -44,4 +45,5 @@ def test_one_pair_from_a_worktree_and_this_checkout(tmp_path: Path) -> None:
         pair["b"]["closed"]["steady_fps"] / pair["a"]["closed"]["steady_fps"], 3
     )
     assert report["config"]["open_fps"] == 4 and report["config"]["calibration_fps"] is None
+    assert report["config"]["model"] == "noop" and "--model noop" in report["command"]
     assert "B/A, median of pairs" in proc.stdout

@@ -127,6 +127,11 @@ def test_command_line_names_what_differs() -> None:
     fixed = ab.Plan(300, 200, 4, 0.5, 4, 20.0, 2, "cpu")
     assert "--base HEAD~1" in ab.command_line({}, {}, "HEAD~1", fixed)
     assert "--fps 20 " in ab.command_line({}, {}, "HEAD~1", fixed)
+    assert "--model" not in ab.command_line({}, {}, "HEAD~1", fixed)
+    noop = ab.Plan(300, 200, 4, 0.5, 4, 200.0, 2, "cpu", "noop")
+    assert ab.command_line({}, {}, "HEAD", noop).startswith(
+        "framepool bench ab --model noop --base HEAD"
+    )
 
 
 def test_a_ref_that_is_not_a_commit_is_refused() -> None:
@@ -142,6 +147,8 @@ def test_a_ref_that_is_not_a_commit_is_refused() -> None:
         (["--a-env", "X=1", "--b-env", "X=1"], "A and B would be the same worker"),
         (["--b-env", "oops"], "expected KEY=VALUE"),
         (["--base", "no-such-ref-anywhere"], "is not a commit"),
+        (["--model", "noop", "--b-env", "X=1"], "give --fps for --model noop"),
+        (["--model", "no-such-model", "--b-env", "X=1", "--fps", "5"], "no-such-model"),
     ],
 )
 def test_the_command_refuses_what_it_cannot_compare(args: list[str], message: str) -> None:
