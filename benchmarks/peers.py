@@ -9,7 +9,10 @@ pass, ``model.postprocess``):
 - *direct*: the limit. Closed loop: ``benchmarks.pipeline_tight_loop.tight_loop`` (batches
   of 8 in one process). Open loop: the camera app calling the model itself
   (:class:`~benchmarks.peers_clients.DirectPeer`: one model thread running
-  whatever frames are waiting, up to 8, without waiting for more).
+  whatever frames are waiting, up to 8, without waiting for more). With
+  ``--replicas N`` it has N loop threads (closed) or N model threads (open) sharing
+  one loaded model, each with threads / N torch threads, as the servers' replicas;
+  the open loop's rate stays a fraction of the one-thread loop's (the calibration).
 - *framepool*: a real worker process, frames through ``FrameProducer``.
 - *Ray Serve* (``ray[serve]``): ``@serve.batch`` deployment, through a
   ``DeploymentHandle`` and over HTTP (:mod:`benchmarks.peers_ray`).
@@ -110,8 +113,9 @@ def start_systems(
     settings = Settings(redis_url=sb.redis_url, max_batch_size=BATCH)
     root = str(settings.models_root)
     systems: dict[str, System] = {}
-    _log(f"direct: loading resnet18 on {plan.device}")
-    direct = DirectPeer(Resnet18Service(root, plan.device, plan.threads), jpegs, BATCH)
+    _log(f"direct: loading resnet18 on {plan.device}, {plan.replicas} model thread(s)")
+    service = Resnet18Service(root, plan.device, plan.threads_each)
+    direct = DirectPeer(service, jpegs, BATCH, plan.replicas)
     closers.append(direct.close)
     systems["direct"] = System("direct", direct)
     n = plan.replicas
@@ -231,7 +235,8 @@ def _guard(
 def _closed(res: dict[str, Any], s: System, plan: Plan, r: int, jpegs: Sequence[bytes]) -> None:
     if s.name == "direct":
         settings = Settings(max_batch_size=BATCH)
-        run = tight_loop(settings, jpegs, loop_frames(plan.frames), plan.threads, plan.device)
+        run = tight_loop(settings, jpegs, loop_frames(plan.frames), plan.threads, plan.device,
+                         plan.replicas)  # fmt: skip
         stats = {
             "frames": run.frames,
             "steady_fps": round(run.steady_fps, 2),
@@ -316,6 +321,7 @@ def main(frames: int, repeats: int, out: Path, started: float, *, latency_frames
             "batch_wait_ms": 5.0,
             "torch_threads": plan.threads,
             "replicas": replicas,
+            "direct_replicas": replicas,  # loop / model threads of the direct call (limit)
             "device": device,
             "closed_loop_outstanding": [CHUNK, 2 * CHUNK],
             "warmup_frac": WARMUP_FRAC,

@@ -181,24 +181,31 @@ class FramepoolPeer:
 class DirectPeer:
     """The camera app calling the model itself: frames go into an in-process queue and
     one model thread runs whatever is waiting (up to the batch cap) at once, without
-    waiting for more. The model is loaded in the caller's thread, run in this one."""
+    waiting for more. The model is loaded in the caller's thread, run in this one.
+    With ``replicas`` > 1, that many model threads take from the same queue, each
+    its own batches (one loaded model; torch threads as set when they start)."""
 
     name = "direct"
 
     def __init__(self, service: Callable[[list[bytes]], list[dict[str, Any]]],
-                 jpegs: Sequence[bytes], max_batch: int) -> None:  # fmt: skip
+                 jpegs: Sequence[bytes], max_batch: int, replicas: int = 1) -> None:  # fmt: skip
         self.service = service
         self.jpegs = jpegs
         self.max_batch = max_batch
         self.inbox: queue.Queue[tuple[bytes, concurrent.futures.Future[Reply]] | None]
         self.inbox = queue.Queue()
-        self.thread = threading.Thread(target=self._serve, name="direct-model", daemon=True)
-        self.thread.start()
+        self.threads = [
+            threading.Thread(target=self._serve, name=f"direct-model-{i}", daemon=True)
+            for i in range(replicas)
+        ]
+        for t in self.threads:
+            t.start()
 
     def _serve(self) -> None:
         while True:
             item = self.inbox.get()
             if item is None:
+                self.inbox.put(None)  # for the other model threads
                 return
             batch = [item]
             while len(batch) < self.max_batch:
@@ -233,8 +240,9 @@ class DirectPeer:
         return reply
 
     def close(self) -> None:
-        self.inbox.put(None)
-        self.thread.join(10)
+        self.inbox.put(None)  # each model thread puts it back for the next
+        for t in self.threads:
+            t.join(10)
 
 
 # ------------------------------------------------------------------ CPU accounting

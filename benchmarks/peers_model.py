@@ -30,6 +30,7 @@ class Resnet18Service:
         from framepool.settings import Settings
         from models.registry import load_model
 
+        self.threads = threads
         torch.set_num_threads(threads)
         settings = Settings()
         self.max_bytes = settings.max_frame_bytes
@@ -44,6 +45,11 @@ class Resnet18Service:
 
         from framepool.codec import decode
 
+        # torch's thread count is the process's, taken by each thread when it first runs
+        # a parallel region: the caller's thread may have started after another count
+        # was set (the direct call's model threads, beside the tight loop's runs)
+        if torch.get_num_threads() != self.threads:
+            torch.set_num_threads(self.threads)
         model = self.model
         min_size = model.manifest.input_size
         inputs = [

@@ -272,7 +272,9 @@ def _replicas(cfg: dict[str, Any]) -> str:
     each = max(1, cfg["torch_threads"] // n)
     return (f"; framepool, Ray and Triton each serve {n} replicas of {each} torch thread(s) "
             f"(framepool: {n} worker processes, Ray: num_replicas={n}, Triton: {n} model "
-            f"instances), the direct call one model with {cfg['torch_threads']}")  # fmt: skip
+            f"instances), the direct call " + (
+                f"{n} model threads sharing one model" if cfg.get("direct_replicas") == n
+                else f"one model with {cfg['torch_threads']}"))  # fmt: skip
 
 
 def latest_block(report: dict[str, Any]) -> str:

@@ -6,9 +6,10 @@ BATCH, no queue in between.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from benchmarks.pipeline_clients import CpuMeter, Run
@@ -18,8 +19,9 @@ from framepool.settings import Settings
 
 
 def tight_loop(
-    settings: Settings, jpegs: Sequence[bytes], n: int, threads: int, device: str = "cpu"
-) -> Run:
+    settings: Settings, jpegs: Sequence[bytes], n: int, threads: int, device: str = "cpu",
+    replicas: int = 1,
+) -> Run:  # fmt: skip
     """resnet18's decode + preprocess + forward + postprocess in one process, batch BATCH.
 
     Threads as in the worker: the model is loaded and warmed up in the main
@@ -28,33 +30,63 @@ def tight_loop(
     thread that first ran a parallel region owns the spinning thread team, and
     on this 2-core machine with anything else running, a forward pass from that
     thread is up to 3x slower than the same pass from any other thread.
+
+    ``replicas`` > 1: that many loop threads share the ``n`` frames and the one
+    loaded model, each with ``threads // replicas`` torch threads (at least 1), the
+    layout of ``bench peers --replicas``, in one process. A thread takes torch's
+    thread count when it first runs a parallel region, so each run starts new ones.
     """
     import torch
 
-    torch.set_num_threads(threads)  # the worker gets OMP_NUM_THREADS=threads
+    if replicas < 1:
+        raise ValueError(f"replicas must be >= 1, got {replicas}")
+    torch.set_num_threads(max(1, threads // replicas))  # the worker gets OMP_NUM_THREADS
     _loop_model(settings, device)  # load + warm up here, in the main thread
-    box: list[Run | BaseException] = []
+    shares = [len(range(r, n, replicas)) for r in range(replicas)]  # frames per loop thread
+    box: list[float | BaseException] = []
+    clock: dict[str, Any] = {}
 
-    def target() -> None:
+    def start_clock() -> None:  # once every loop is warm, before any goes on
+        clock["meter"], clock["t0"] = CpuMeter({}), time.perf_counter()
+
+    started = threading.Barrier(replicas + 1, action=start_clock)
+
+    def target(share: int) -> None:
         try:
-            box.append(_tight_loop(settings, jpegs, n, threads, device))
+            one_batch = _batch_runner(settings, jpegs, device)
+            one_batch(0, BATCH)  # warm-up
+            started.wait()
+            for start in range(0, share, BATCH):
+                one_batch(start, min(BATCH, share - start))
+            box.append(time.perf_counter())
         except BaseException as exc:  # re-raised in the caller
-            box.append(exc)
+            box.append(exc)  # before the abort, so that it is the first error seen
+            started.abort()
 
-    thread = threading.Thread(target=target, name="tight-loop", daemon=True)
-    thread.start()
-    while thread.is_alive():  # join with a timeout so Ctrl-C is seen
-        thread.join(0.2)
-    if not box:
-        raise BenchError("tight loop thread ended without a result")
-    if isinstance(box[0], BaseException):
-        raise box[0]
-    return box[0]
+    loops = [threading.Thread(target=target, args=(share,), name=f"tight-loop-{i}", daemon=True)
+             for i, share in enumerate(shares)]  # fmt: skip
+    for t in loops:
+        t.start()
+    with contextlib.suppress(threading.BrokenBarrierError):  # a loop failed: see box
+        started.wait()
+    for t in loops:
+        while t.is_alive():  # join with a timeout so Ctrl-C is seen
+            t.join(0.2)
+    errors = [x for x in box if isinstance(x, BaseException)]
+    if errors:
+        raise errors[0]
+    if len(box) != replicas:
+        raise BenchError("a tight loop thread ended without a result")
+    wall = max(x for x in box if isinstance(x, float)) - clock["t0"]
+    cpu = clock["meter"].per_frame_ms(n)
+    cpu["loop"] = cpu.pop("producer")
+    return Run(frames=n, steady_fps=n / wall, wall_fps=n / wall, cpu_ms_per_frame=cpu)
 
 
-def _tight_loop(
-    settings: Settings, jpegs: Sequence[bytes], n: int, threads: int, device: str = "cpu"
-) -> Run:
+def _batch_runner(
+    settings: Settings, jpegs: Sequence[bytes], device: str = "cpu"
+) -> Callable[[int, int], None]:
+    """``one_batch(start, count)``: frames ``start``.. of ``jpegs`` through the model."""
     import torch
 
     from framepool.codec import decode
@@ -80,15 +112,7 @@ def _tight_loop(
             outputs = model.postprocess(raw, sizes)
         assert len(outputs) == count
 
-    one_batch(0, BATCH)  # warm-up
-    meter = CpuMeter({})
-    t0 = time.perf_counter()
-    for start in range(0, n, BATCH):
-        one_batch(start, min(BATCH, n - start))
-    wall = time.perf_counter() - t0
-    cpu = meter.per_frame_ms(n)
-    cpu["loop"] = cpu.pop("producer")
-    return Run(frames=n, steady_fps=n / wall, wall_fps=n / wall, cpu_ms_per_frame=cpu)
+    return one_batch
 
 
 _MODEL_CACHE: dict[str, Any] = {}

@@ -18,6 +18,7 @@ from benchmarks import peers_ray, peers_report, peers_triton
 from benchmarks import peers_stats as peers
 from benchmarks.peers_clients import AsyncBridge, DirectPeer, Reply, run_closed, run_open
 from benchmarks.sandbox import BenchError
+from framepool.settings import Settings
 
 
 # ------------------------------------------------------------------ schedule
@@ -274,10 +275,11 @@ def test_replicas_are_named_in_the_command_and_the_block(report: dict[str, Any])
     assert Plan(64, 32, 1, 0.5, 4, (), 8, "cpu").threads_each == 8
     assert "replicas" not in peers_report.latest_block(report)
     report["config"]["replicas"] = 2
-    assert (
-        "framepool, Ray and Triton each serve 2 replicas of 1 torch thread(s)"
-        in peers_report.latest_block(report)
-    )
+    block = peers_report.latest_block(report)
+    assert "framepool, Ray and Triton each serve 2 replicas of 1 torch thread(s)" in block
+    assert "the direct call one model with 2" in block  # a run from before its replicas
+    report["config"]["direct_replicas"] = 2
+    assert "the direct call 2 model threads sharing one model" in peers_report.latest_block(report)
 
 
 def test_update_docs_adds_the_section_once_and_a_history_row_per_run(
@@ -370,6 +372,74 @@ def test_direct_peer_runs_what_is_waiting_as_one_batch_without_waiting_for_more(
         peer.close()
     assert seen == [[b"\x00"], [bytes([i]) for i in range(1, 5)], [b"\x05", b"\x06"]]
     assert [r.batch_size for r in replies if r is not None] == [1, 4, 4, 4, 4, 2, 2]
+
+
+def test_direct_peer_replicas_run_their_batches_side_by_side() -> None:
+    entered, release = threading.Event(), threading.Event()
+    threads: list[str] = []
+
+    def service(frames: list[bytes]) -> list[dict[str, Any]]:
+        threads.append(threading.current_thread().name)
+        if len(threads) == 1:
+            entered.set()
+            assert release.wait(10)
+        return [
+            {"completed_at": time.time(), "inference_ms": 1.0, "batch_size": len(frames)}
+            for _ in frames
+        ]
+
+    peer = DirectPeer(service, [b"a", b"b"], max_batch=4, replicas=2)
+    try:
+        first = peer.submit([0])
+        assert entered.wait(10)
+        (second,) = peer.submit([1])  # the other model thread takes it meanwhile
+        reply = peer.get(second, 10)
+        assert reply is not None and reply.batch_size == 1
+        release.set()
+        assert peer.get(first[0], 10) is not None
+    finally:
+        peer.close()
+    assert sorted(threads) == ["direct-model-0", "direct-model-1"]
+    assert not any(t.is_alive() for t in peer.threads)  # close() ends every model thread
+
+
+def test_the_tight_loop_shares_the_frames_and_torch_threads_among_replicas(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torch
+
+    from benchmarks import pipeline_tight_loop as tl
+
+    ran: dict[str, list[int]] = {}
+    seen_threads: set[int] = set()
+
+    def runner(settings: Any, jpegs: Any, device: str = "cpu") -> Any:
+        def one_batch(start: int, count: int) -> None:
+            ran.setdefault(threading.current_thread().name, []).append(count)
+            seen_threads.add(torch.get_num_threads())
+
+        return one_batch
+
+    monkeypatch.setattr(tl, "_loop_model", lambda settings, device="cpu": None)
+    monkeypatch.setattr(tl, "_batch_runner", runner)
+    before = torch.get_num_threads()
+    try:
+        run = tl.tight_loop(Settings(), [b"x"], 21, 2, replicas=2)
+        assert run.frames == 21 and run.steady_fps > 0
+        # a warm-up batch of 8 each, then 11 and 10 frames in batches of up to 8
+        assert ran == {"tight-loop-0": [8, 8, 3], "tight-loop-1": [8, 8, 2]}
+        assert seen_threads == {1}  # 2 torch threads shared out among 2 loops
+
+        def broken(settings: Any, jpegs: Any, device: str = "cpu") -> Any:
+            raise RuntimeError("model broke")
+
+        monkeypatch.setattr(tl, "_batch_runner", broken)
+        with pytest.raises(RuntimeError, match="model broke"):
+            tl.tight_loop(Settings(), [b"x"], 16, 2, replicas=2)
+        with pytest.raises(ValueError, match="replicas"):
+            tl.tight_loop(Settings(), [b"x"], 16, 2, replicas=0)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_direct_peer_hands_a_model_failure_to_every_frame_of_the_batch() -> None:
