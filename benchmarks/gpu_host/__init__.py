@@ -1,0 +1,1 @@
+"""Running framepool's GPU checks on an offline GPU host (docs/gpu-host.md)."""
