@@ -1,33 +1,29 @@
-"""ClusterReader on fakeredis: heartbeats, GPUs per device, models, queues, gone workers.
+"""ClusterReader on fakeredis: heartbeats, GPUs per device, models, kernels, gone workers.
 
 The heartbeats are built with the workers' own ``ModelStats`` (so histograms have
-the real bucket format) and the queue messages are published by the real
-``FrameProducer`` through kombu's Redis transport on a fakeredis server.
+the real bucket format). The builders here (``heartbeat``, ``model_entry``,
+``kombu_message``, ...) are shared with the other monitoring tests; the queues are
+tested in test_cluster_queues.py, the envelope and histogram decoding in
+test_cluster_decoding.py.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import fakeredis
-import kombu.transport.redis as kombu_redis
 import msgpack
-import numpy as np
 import pytest
 import redis
 
-from framepool import codec, keys
-from framepool.celery_app import create_app
-from framepool.settings import DEFAULT_MODELS_ROOT, Settings
-from monitoring import histograms
+from framepool import keys
+from framepool.settings import Settings
 from monitoring.cluster import GONE_FORGET_S, ClusterReader, quantile_ms
-from monitoring.queues import enqueued_at
+from tests.unit.fake_redis import client as client
+from tests.unit.fake_redis import server as server
 from workers.stats import ModelStats
 
 NOW = 1_790_000_000.0
@@ -195,38 +191,6 @@ def kombu_message(meta: dict[str, Any], content_type: str = "application/x-msgpa
     }).encode()  # fmt: skip
 
 
-@pytest.fixture()
-def server() -> fakeredis.FakeServer:
-    return fakeredis.FakeServer()
-
-
-@pytest.fixture()
-def client(server: fakeredis.FakeServer) -> fakeredis.FakeRedis:
-    return fakeredis.FakeRedis(server=server)
-
-
-@pytest.fixture()
-def producer(server: fakeredis.FakeServer) -> Iterator[Any]:
-    """The real FrameProducer, its kombu transport and its Redis client on ``server``."""
-    from producer.client import FrameProducer
-
-    original = kombu_redis.Channel._connparams
-
-    def connparams(self: Any, asynchronous: bool = False) -> dict[str, Any]:
-        return {**original(self, asynchronous), "connection_class": fakeredis.FakeRedisConnection,
-                "server": server}  # fmt: skip
-
-    s = Settings(redis_url="redis://fake:6379/0", models_root=DEFAULT_MODELS_ROOT,
-                 max_queue_depth=3, queue_full_policy="drop")  # fmt: skip
-    app = create_app(s)
-    app.conf.result_backend = "disabled://"
-    with mock.patch.object(kombu_redis.Channel, "_connparams", connparams):
-        p = FrameProducer(s, app=app)
-        p.redis = fakeredis.FakeRedis(server=server)
-        yield p
-        p.close()
-
-
 def test_workers_gone_and_garbage(client: fakeredis.FakeRedis, tmp_path: Path) -> None:
     seed_cluster(client)
     snap = ClusterReader(client, settings(tmp_path), clock=Clock()).read()
@@ -310,64 +274,6 @@ def test_kernels_merge_by_name_and_device(client: fakeredis.FakeRedis, tmp_path:
     assert snap.kernels(worker="cpu-1@hostB") == []
 
 
-def test_queues_from_real_producer_messages(
-    client: fakeredis.FakeRedis, producer: Any, tmp_path: Path
-) -> None:
-    client.sadd(keys.SERVED_MODELS, "shape_detector")  # a worker serves it
-    frame = codec.encode_jpeg(np.zeros((48, 64, 3), np.uint8), quality=80)
-    sent_at = time.time()
-    producer.submit("shape_detector", frame, camera_id="cam1", seq=1)
-    producer.submit_many(
-        [{"model_id": "shape_detector", "frame": frame, "seq": i} for i in range(4)]
-    )
-    raw = client.lindex(keys.queue_name("shape_detector"), -1)
-    assert sent_at <= (enqueued_at(raw) or 0) <= time.time()  # a real kombu envelope
-    # an older frame at a higher priority, and garbage at another priority
-    lists = keys.queue_lists("shape_detector")
-    client.lpush(
-        lists[1], kombu_message({"model_id": "shape_detector", "enqueued_at": sent_at - 30})
-    )
-    client.lpush(lists[2], b"garbage", b"\x00\x01")
-    client.set(lists[3], "not a list")  # WRONGTYPE for LLEN/LINDEX: ignored
-    reader = ClusterReader(client, settings(tmp_path), clock=Clock(sent_at + 5))
-    q = reader.read().queues["shape_detector"]
-    assert q.queue == keys.queue_name("shape_detector")
-    assert q.depth == 3 + 1 + 2  # max_queue_depth=3 let three real frames in
-    assert q.dropped == {"queue_full": 2}  # the producer's drop counter
-    assert q.oldest_age_s == pytest.approx(35.0, abs=0.01)
-
-
-def test_queue_of_a_model_only_a_heartbeat_names(tmp_path: Path) -> None:
-    client = fakeredis.FakeRedis()
-    publish(client, heartbeat("w@h", "h", {"adhoc": model_entry("adhoc", device="cpu")}))
-    client.lpush(keys.queue_name("adhoc"), kombu_message({"enqueued_at": NOW - 2.5}))
-    client.hset(keys.dropped_counter("adhoc"), mapping={"queue_full": 4, "bad": "x"})
-    snap = ClusterReader(client, settings(tmp_path), clock=Clock()).read()
-    q = snap.queues["adhoc"]
-    assert (q.depth, q.oldest_age_s, q.dropped) == (1, 2.5, {"queue_full": 4})
-    assert (
-        snap.queues["manifest_only"].depth == 0
-        and snap.queues["manifest_only"].oldest_age_s is None
-    )
-
-
-@pytest.mark.parametrize(
-    "raw",
-    [None, b"", b"[]", b"{}", b'{"body": 5}', b'{"body": "!!!"}', b"\xff\xfe",
-     kombu_message({"enqueued_at": "yesterday"}), kombu_message({"enqueued_at": float("nan")}),
-     json.dumps({"body": base64.b64encode(b"\xc1").decode()}).encode()],
-)  # fmt: skip
-def test_enqueued_at_tolerates_garbage(raw: Any) -> None:
-    assert enqueued_at(raw) is None
-
-
-def test_enqueued_at_reads_json_bodies_too() -> None:
-    msg = json.loads(kombu_message({"enqueued_at": 12.5}))
-    msg["body"] = base64.b64encode(json.dumps([[None, {"enqueued_at": 12.5}], {}, {}]).encode())
-    msg["body"], msg["content-type"] = msg["body"].decode(), "application/json"
-    assert enqueued_at(json.dumps(msg)) == 12.5
-
-
 def test_gone_workers_are_forgotten_after_ten_minutes(tmp_path: Path) -> None:
     client = fakeredis.FakeRedis()
     client.sadd(keys.WORKERS, "dead@h")
@@ -382,137 +288,8 @@ def test_gone_workers_are_forgotten_after_ten_minutes(tmp_path: Path) -> None:
     assert [w.name for w in reader.read().workers] == ["dead@h"]
 
 
-def test_read_takes_three_round_trips_for_40_workers_then_one(tmp_path: Path) -> None:
-    executes: list[int | str] = []
-
-    class Counting(fakeredis.FakeRedis):
-        fetched_last: list[str] = []
-
-        def mget(self, *a: Any, **k: Any) -> Any:
-            executes.append("mget")
-            self.fetched_last = sorted(k_.rpartition(":")[2] for k_ in a[0])
-            return super().mget(*a, **k)
-
-        def pipeline(self, *a: Any, **k: Any) -> Any:
-            pipe = super().pipeline(*a, **k)
-            original = pipe.execute
-
-            def execute(*ea: Any, **ek: Any) -> Any:
-                executes.append(len(pipe))
-                return original(*ea, **ek)
-
-            pipe.execute = execute
-            return pipe
-
-    client = Counting()
-    models = [f"m{i}" for i in range(5)]
-    client.sadd(keys.SERVED_MODELS, *models)
-    for i in range(40):
-        publish(client, heartbeat(f"w{i}@h", "h", {m: model_entry(m) for m in models}))
-    reader = ClusterReader(client, settings(tmp_path), clock=Clock())
-    snap = reader.read()
-    assert len(snap.workers) == 40 and snap.models["m0"].frames == 40 * 20
-    # a new reader: SMEMBERS x2; MGET of the (new) heartbeats; all 4 lists of each model
-    assert executes == [2, "mget", 6 * (2 * 4 + 1)]  # 5 served models, 1 manifest
-    reader.read()  # SMEMBERS x2, GETRANGE of each heartbeat and the queue commands at once:
-    # LLEN, LINDEX of each queue, HGETALL of its drops, one EXISTS of the priority sub-lists
-    assert executes[3:] == [2 + 40 + 6 * 3 + 1]  # no heartbeat changed: no MGET
-    publish(client, heartbeat("w7@h", "h", {m: model_entry(m) for m in models}, updated_at=NOW))
-    publish(client, heartbeat("w40@h", "h", {"m9": model_entry("m9")}))
-    snap = reader.read()
-    assert len(snap.workers) == 41 and snap.queues["m9"].depth == 0
-    # the known ones at once; MGET of the changed and the new heartbeat; a new model's queues
-    assert executes[4:] == [2 + 40 + 6 * 3 + 1, "mget", 2 * 4 + 1]
-    assert client.fetched_last == ["w40@h", "w7@h"]
-
-
-def test_priority_sub_lists_are_read_while_they_hold_frames(tmp_path: Path) -> None:
-    client = fakeredis.FakeRedis()
-    client.sadd(keys.SERVED_MODELS, "m")
-    main, sub3, sub6, _ = keys.queue_lists("m")
-    client.lpush(main, kombu_message({"enqueued_at": NOW - 2.0}))
-    clock = Clock()
-    reader = ClusterReader(client, settings(tmp_path), clock=clock)
-    assert reader.read().queues["m"].depth == 1
-    assert reader.read().queues["m"].oldest_age_s == pytest.approx(2.0)
-    client.lpush(sub6, kombu_message({"enqueued_at": NOW - 9.0}), b"garbage")
-    q = reader.read().queues["m"]  # EXISTS counted one: read in a second round trip
-    assert (q.depth, q.oldest_age_s) == (3, pytest.approx(9.0))
-    client.lpush(sub3, kombu_message({"enqueued_at": NOW - 1.0}))
-    q = reader.read().queues["m"]  # sub6 read directly now, sub3 found by EXISTS
-    assert (q.depth, q.oldest_age_s) == (4, pytest.approx(9.0))
-    client.delete(sub6)
-    client.rpop(main)
-    q = reader.read().queues["m"]
-    assert (q.depth, q.oldest_age_s) == (1, pytest.approx(1.0))
-    client.delete(sub3)
-    q = reader.read().queues["m"]
-    assert (q.depth, q.oldest_age_s) == (0, None)
-    client.lpush(sub3, kombu_message({"enqueued_at": NOW - 4.0}))
-    assert reader.read().queues["m"].oldest_age_s == pytest.approx(4.0)
-
-
 def test_unreachable_redis_raises_redis_error(tmp_path: Path) -> None:
     server = fakeredis.FakeServer()
     server.connected = False
     with pytest.raises(redis.RedisError):
         ClusterReader(fakeredis.FakeRedis(server=server), settings(tmp_path)).read()
-
-
-def test_quantile_ms_interpolates_like_promql() -> None:
-    h = {"buckets": [[1, 0], [2, 10], [4, 30]], "sum": 100.0, "count": 40}
-    assert quantile_ms(h, 0.25) == 2.0  # rank 10: top of the (1, 2] bucket
-    assert quantile_ms(h, 0.5) == 3.0  # rank 20: halfway through (2, 4]
-    assert quantile_ms(h, 0.99) == 4.0  # in +Inf: the highest finite bound
-    assert quantile_ms(h, 0.0) == 1.0
-    assert quantile_ms(h, 1.5) is None and quantile_ms({"count": 0}, 0.5) is None
-    assert quantile_ms("garbage", 0.5) is None
-
-
-def test_histograms_merge_and_clean() -> None:
-    a = {"buckets": [[1, 1], [5, 3]], "sum": 6.0, "count": 4}
-    b = {"buckets": [[1, 2], [5, 2]], "sum": 2.0, "count": 2}
-    assert histograms.merge([a, b]) == {"buckets": [[1, 3], [5, 5]], "sum": 8.0, "count": 6}
-    c = {"buckets": [[2, 1]], "sum": 1.0, "count": 1}  # other bounds: union, exact per bound
-    assert histograms.merge([a, c])["buckets"] == [[1, 1], [2, 2], [5, 4]]
-    messy = {"buckets": [[5, 2], ["x", 1], [1, 3], [2, None]], "sum": "?", "count": 1}
-    assert histograms.clean(messy) == {"buckets": [[1, 3], [5, 3]], "sum": 0.0, "count": 3}
-    assert histograms.merge([None, 7]) == histograms.empty()
-
-
-@pytest.mark.parametrize("frame_bytes", [0, 1, 2, 3, 200, 255, 256, 70_000, 70_001, 70_002])
-def test_enqueued_at_decodes_only_around_the_frame_and_agrees_with_a_whole_decode(
-    frame_bytes: int,
-) -> None:
-    """kombu's envelope, body first, binary frame (bin8/16/32): the quick path reads the meta."""
-    from monitoring.queues import _quick_meta
-
-    meta = {"model_id": "m", "enqueued_at": NOW - 3.25, "camera_id": "c"}
-    body = msgpack.packb([[b"\xff" * frame_bytes, meta], {}, {"chain": None}], use_bin_type=True)
-    raw = json.dumps({
-        "body": base64.b64encode(body).decode(), "content-encoding": "binary",
-        "content-type": "application/x-msgpack", "headers": {"task": keys.INFER_TASK},
-        "properties": {"body_encoding": "base64", "delivery_tag": "x", "priority": 0},
-    }).encode()  # fmt: skip
-    assert _quick_meta(raw) == meta
-    assert enqueued_at(raw) == NOW - 3.25
-    # the same message not body first: read whole, same answer
-    envelope = json.loads(raw)
-    reordered = json.dumps({"headers": envelope.pop("headers"), **envelope}).encode()
-    assert _quick_meta(reordered) is None and enqueued_at(reordered) == NOW - 3.25
-
-
-def test_a_queue_head_is_decoded_once_while_it_stays_the_oldest(
-    tmp_path: Path, client: fakeredis.FakeRedis
-) -> None:
-    client.lpush(keys.queue_name("adhoc"), kombu_message({"enqueued_at": NOW - 2.5}))
-    client.sadd(keys.SERVED_MODELS, "adhoc")
-    reader = ClusterReader(client, settings(tmp_path), clock=Clock())
-    with mock.patch("monitoring.queues.enqueued_at", wraps=enqueued_at) as decode:
-        assert reader.read().queues["adhoc"].oldest_age_s == 2.5
-        assert reader.read().queues["adhoc"].oldest_age_s == 2.5
-        assert decode.call_count == 1
-        client.rpop(keys.queue_name("adhoc"))
-        client.lpush(keys.queue_name("adhoc"), kombu_message({"enqueued_at": NOW - 1.0}))
-        assert reader.read().queues["adhoc"].oldest_age_s == 1.0
-        assert decode.call_count == 2

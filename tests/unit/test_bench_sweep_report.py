@@ -1,211 +1,20 @@
-"""``framepool bench sweep``'s pure parts: the camera schedule and its driver, the
-figures, the Redis-memory arithmetic, and the report (tables, docs, plots) from a
-JSON fixture."""
+"""``framepool bench sweep``'s report from a JSON fixture: the figures (medians set
+against the first point), the saved JSON, tables and docs block with its history,
+a partial run keeping the other axes, and the plots (one PNG per axis, linked
+from the docs, skipped without matplotlib)."""
 
 from __future__ import annotations
 
 import json
 import sys
-import threading
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
 
 from benchmarks import sweep_plots, sweep_report
-from benchmarks.harness import result_latencies
-from benchmarks.sandbox import BenchError
-from benchmarks.sweep import QUICK, Plan, make_plan, per_camera_fps
-from benchmarks.sweep_cameras import LEAD_S, camera_schedule, camera_stats, drive
-from benchmarks.sweep_memory import body_encoding, memory_figures
 
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-# ------------------------------------------------------------------ schedule
-def test_camera_schedule_is_periodic_per_camera_from_its_own_phase() -> None:
-    sched = camera_schedule(cameras=5, fps=4.0, duration_s=3.0, seed=1)
-    assert [t for t, _, _ in sched] == sorted(t for t, _, _ in sched)
-    assert all(0 <= t < 3.0 for t, _, _ in sched)
-    for cam in range(5):
-        own = [(t, seq) for t, c, seq in sched if c == cam]
-        assert [seq for _, seq in own] == list(range(len(own)))
-        assert 0 <= own[0][0] < 0.25  # the phase is within one period
-        gaps = [b[0] - a[0] for a, b in zip(own, own[1:], strict=False)]
-        assert gaps and all(g == pytest.approx(0.25) for g in gaps)
-        assert len(own) in (12, 13)  # 3 s at 4 frames/s from a phase in [0, 0.25)
-    phases = {round(min(t for t, c, _ in sched if c == cam), 6) for cam in range(5)}
-    assert len(phases) == 5  # unsynchronised
-
-
-def test_camera_schedule_is_seeded() -> None:
-    assert camera_schedule(8, 2.0, 2.0, seed=3) == camera_schedule(8, 2.0, 2.0, seed=3)
-    assert camera_schedule(8, 2.0, 2.0, seed=3) != camera_schedule(8, 2.0, 2.0, seed=4)
-
-
-@pytest.mark.parametrize("args", [(0, 1.0, 1.0), (1, 0.0, 1.0), (1, 1.0, 0.0)])
-def test_camera_schedule_rejects_bad_arguments(args: tuple[int, float, float]) -> None:
-    with pytest.raises(ValueError):
-        camera_schedule(*args)
-
-
-class FakeClock:
-    """Time moves only when the driver sleeps (the reader thread only reads it)."""
-
-    def __init__(self) -> None:
-        self.t = 100.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, s: float) -> None:
-        self.sleeps.append(s)
-        self.t += s
-
-
-def test_drive_submits_frames_due_together_in_one_call_and_reads_all() -> None:
-    clock = FakeClock()
-    groups: list[list[int]] = []
-    reader_threads: set[str] = set()
-
-    def submit(indices: list[int]) -> list[str]:
-        groups.append(indices)
-        return [f"h{i}" for i in indices]
-
-    def get(handle: str, timeout: float) -> dict[str, str]:
-        reader_threads.add(threading.current_thread().name)
-        return {"handle": handle}
-
-    done, late = drive([0.0, 0.0, 0.0, 0.5, 0.5, 1.25], submit, get, clock, clock.sleep)
-    assert groups == [[0, 1, 2], [3, 4], [5]]
-    assert [i for i, _, _ in done] == list(range(6))
-    assert [r["handle"] for _, r, _ in done] == [f"h{i}" for i in range(6)]
-    assert all(ms >= 0 for _, _, ms in done)
-    assert late == 0.0  # the fake clock never overshoots
-    assert clock.sleeps == pytest.approx([LEAD_S, 0.5, 0.75])
-    assert reader_threads == {"sweep-reader"}  # results are read off the schedule's thread
-
-
-def test_drive_reports_how_late_a_submission_was() -> None:
-    clock = FakeClock()
-
-    def submit(indices: list[int]) -> list[int]:
-        clock.t += 0.2  # a slow enqueue: the next frame goes out late
-        return indices
-
-    done, late = drive([0.0, 0.1], submit, lambda h, t: h, clock, clock.sleep)
-    assert [i for i, _, _ in done] == [0, 1]
-    assert late == pytest.approx(0.1)
-
-
-def test_drive_raises_when_a_result_does_not_come() -> None:
-    clock = FakeClock()
-    with pytest.raises(BenchError, match="no result"):
-        drive([0.0, 0.0], lambda idx: idx, lambda h, t: None, clock, clock.sleep)
-
-
-def test_drive_re_raises_the_readers_error() -> None:
-    clock = FakeClock()
-
-    def get(handle: int, timeout: float) -> int:
-        raise RuntimeError(f"broken {handle}")
-
-    with pytest.raises(RuntimeError, match="broken 0"):
-        drive([0.0, 1.0, 2.0], lambda idx: idx, get, clock, clock.sleep)
-
-
-# ------------------------------------------------------------------ figures
-def _result(enqueued: float, completed: float, *, status: str = "ok", queue: float = 1.0,
-            inference: float = 2.0, batch: int = 2) -> SimpleNamespace:  # fmt: skip
-    return SimpleNamespace(
-        ok=status == "ok",
-        status=SimpleNamespace(value=status),
-        enqueued_at=enqueued,
-        completed_at=completed,
-        timings_ms=SimpleNamespace(queue=queue, inference=inference, decode=0.5),
-        batch_size=batch,
-    )
-
-
-def test_result_latencies_splits_queue_and_inference_out() -> None:
-    results = [_result(0.0, 0.010 * (i + 1), queue=3.0, inference=4.0) for i in range(5)]
-    lat = result_latencies(results)
-    assert lat["e2e_p50_ms"] == pytest.approx(30.0)
-    assert lat["service_p50_ms"] == pytest.approx(27.0)
-    assert lat["added_p50_ms"] == pytest.approx(26.0)
-    assert lat["e2e_p99_ms"] == pytest.approx(49.6)
-
-
-def test_camera_stats_keeps_the_window_after_warm_up() -> None:
-    schedule = [(0.1, 0, 0), (0.5, 1, 0), (1.0, 0, 1), (1.5, 1, 1), (2.0, 2, 0), (2.5, 0, 2)]
-    done = [
-        (0, _result(0.0, 9.0), 999.0),  # warm-up: left out, whatever its latency
-        (1, _result(0.0, 9.0), 999.0),
-        (2, _result(1.0, 1.02), 20.0),
-        (3, _result(1.5, 1.53), 30.0),
-        (4, _result(2.0, 2.04, status="expired"), 40.0),
-        (5, _result(2.5, 2.51), 10.0),
-    ]
-    x = camera_stats(schedule, done, warmup_s=1.0, max_late_s=0.002)
-    assert x["frames"] == 4
-    assert x["statuses"] == {"ok": 3, "expired": 1}
-    assert x["cameras_seen"] == 3
-    assert x["client_p50_ms"] == pytest.approx(20.0)
-    assert x["steady_fps"] == pytest.approx(2 / (2.51 - 1.02), abs=0.01)  # rounded to 0.01
-    assert x["max_submit_lateness_ms"] == pytest.approx(2.0)
-
-
-def test_camera_stats_needs_answers() -> None:
-    schedule = [(0.0, 0, 0), (1.0, 0, 1)]
-    done = [(0, _result(0, 1, status="expired"), 1.0), (1, _result(0, 1, status="error"), 1.0)]
-    with pytest.raises(BenchError, match="only 0 frames"):
-        camera_stats(schedule, done, 0.0, 0.0)
-
-
-def test_plans_and_the_cameras_rate() -> None:
-    full, quick = make_plan(False), make_plan(True)
-    assert full == Plan() and quick == QUICK
-    assert full.cameras == (1, 4, 16, 64, 256) and full.batch_caps == (1, 2, 4, 8, 16)
-    assert full.workers == (1, 2, 4) and len(full.sizes) == 4
-    assert quick.repeats == 1 and quick.window_s < full.window_s
-    assert make_plan(True, repeats=3).repeats == 3
-    # the load is shared: every point offers the same total
-    plan = make_plan(False, load=0.4)
-    assert per_camera_fps(plan, 1, 100.0) == pytest.approx(40.0)
-    assert per_camera_fps(plan, 16, 100.0) * 16 == pytest.approx(40.0)
-    # a fixed per-camera rate: the total grows with the cameras
-    assert per_camera_fps(make_plan(False, camera_fps=2.0), 64, 100.0) == 2.0
-    with pytest.raises(ValueError):
-        make_plan(False, load=0.0)
-    with pytest.raises(ValueError):
-        make_plan(False, camera_fps=-1.0)
-
-
-# ------------------------------------------------------------------ redis memory
-def test_memory_figures_are_per_frame_and_against_the_jpeg() -> None:
-    x = memory_figures(frames=10, jpeg_bytes=3000.0, message_bytes=1200.0,
-                       frame_key_bytes=3000.0, stored_bytes=45_000, used_delta=50_000)  # fmt: skip
-    assert x["payload_bytes"] == 4200
-    assert x["stored_bytes_per_frame"] == 4500
-    assert x["used_bytes_per_frame"] == 5000
-    assert x["overhead_bytes_per_frame"] == 2000
-    assert x["base64_jpeg_bytes"] == 4000
-    assert x["used_ratio"] == pytest.approx(5000 / 3000, abs=1e-3)
-    assert x["stored_ratio"] == 1.5
-    assert x["payload_ratio"] == 1.4
-    with pytest.raises(ValueError):
-        memory_figures(frames=0, jpeg_bytes=1.0, message_bytes=1, frame_key_bytes=0,
-                       stored_bytes=1, used_delta=1)  # fmt: skip
-
-
-def test_body_encoding_reads_kombus_envelope() -> None:
-    msg = json.dumps({"body": "eA==", "properties": {"body_encoding": "base64"}}).encode()
-    assert body_encoding(msg) == "base64"
-    assert body_encoding(json.dumps({"properties": {}}).encode()) == "none"
-    assert body_encoding(b"\x00 not json") == "?"
 
 
 # ------------------------------------------------------------------ the report
@@ -436,13 +245,3 @@ def test_without_matplotlib_plots_are_skipped_and_tables_written(
     assert "plots skipped: matplotlib is not installed" in text
     assert "#### Cameras" in text and "![" not in text
     assert not (tmp_path / "img").exists()
-
-
-def test_cli_refuses_unknown_axes_and_two_camera_rates() -> None:
-    from framepool.cli import main
-
-    runner = CliRunner()
-    res = runner.invoke(main, ["bench", "sweep", "--axes", "cameras,gpus"])
-    assert res.exit_code == 2 and "--axes takes some of" in res.output
-    res = runner.invoke(main, ["bench", "sweep", "--load", "0.5", "--camera-fps", "2"])
-    assert res.exit_code == 2 and "give one" in res.output
