@@ -125,6 +125,37 @@ def bench_ab(a_env: tuple[str, ...], b_env: tuple[str, ...], base: str | None, a
     sys.exit(code)
 
 
+@bench.command(name="profile")
+@click.option("--model", "model_id", default="noop", show_default=True,
+              help="the worker's model (noop: the per-frame path alone)")  # fmt: skip
+@click.option("--frames", default=4000, show_default=True, type=click.IntRange(64),
+              help="frames per closed-loop run (one without py-spy, one with)")  # fmt: skip
+@click.option("--rate", default=100.0, show_default=True, type=click.FloatRange(1, 2000),
+              help="py-spy's samples per second")  # fmt: skip
+@click.option("--idle", is_flag=True,
+              help="sample every thread, waiting ones too (default: GIL holders only)")  # fmt: skip
+@click.option("--top", default=15, show_default=True, type=click.IntRange(1, 200),
+              help="functions listed")  # fmt: skip
+@click.option("--out", default="benchmarks/results/profile.json", show_default=True)
+@click.option("--no-docs", is_flag=True, help="leave docs/benchmarks.md alone (a trial run)")
+def bench_profile(model_id: str, frames: int, rate: float, idle: bool, top: int, out: str,
+                  no_docs: bool) -> None:  # fmt: skip
+    """Where one worker's time goes, by thread and function (py-spy, closed loop)."""
+    from benchmarks.profile_worker import find_py_spy
+    from benchmarks.profile_worker import main as run
+    from benchmarks.sandbox import BenchError
+
+    started = time.time()
+    check_models(load_settings(), [model_id])
+    try:
+        find_py_spy()
+        code = run(model=model_id, frames=frames, rate=rate, mode="idle" if idle else "gil",
+                   top=top, out=Path(out), docs=not no_docs, started=started)  # fmt: skip
+    except BenchError as exc:
+        fail(str(exc))
+    sys.exit(code)
+
+
 @bench.command(name="monitor")
 @click.option("--duration", default=30.0, show_default=True, type=click.FloatRange(5),
               help="seconds per CPU window")  # fmt: skip
