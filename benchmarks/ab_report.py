@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import ROOT, median, report_head, update_doc_section
+from benchmarks.harness import ROOT, median, report_head, update_bench_docs
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 MARKS = (
@@ -141,15 +141,9 @@ def history_row(report: Mapping[str, Any]) -> str:
 def update_docs(report: Mapping[str, Any], path: Path = DOCS) -> None:
     from benchmarks import ab
 
-    intro = (
-        "\n## A change to the worker, in pairs (`framepool bench ab`)\n\n"
-        + (ab.__doc__ or "").split("\n\n", 1)[1].strip().replace("``", "`")
-        + f"\n\n### Latest run (ab)\n\n{MARKS[0]}\n{MARKS[1]}\n\n### History (ab)\n\n"
-        f"{MARKS[2]}\n{HISTORY_HEADER}\n{MARKS[3]}\n"
-    )
-    update_doc_section(
-        path, MARKS, intro, latest_block(report), HISTORY_HEADER, history_row(report)
-    )
+    title = "A change to the worker, in pairs (`framepool bench ab`)"
+    update_bench_docs(path, MARKS, title, ab.__doc__, "ab", latest_block(report),
+                      HISTORY_HEADER, history_row(report))  # fmt: skip
 
 
 def show(report: Mapping[str, Any]) -> None:

@@ -227,6 +227,28 @@ def update_doc_section(
     path.write_text(text, encoding="utf-8")
 
 
+def update_bench_docs(
+    path: Path,
+    marks: tuple[str, str, str, str],
+    title: str,
+    module_doc: str | None,
+    tag: str,
+    latest: str,
+    history_header: str,
+    history_row: str,
+) -> None:
+    """:func:`update_doc_section` for a bench whose section starts, the first time,
+    with ``## title``, its module docstring less the first paragraph (reST literals
+    as Markdown), then ``### Latest run (tag)`` and ``### History (tag)``."""
+    intro = (
+        f"\n## {title}\n\n"
+        + (module_doc or "").split("\n\n", 1)[-1].strip().replace("``", "`")
+        + f"\n\n### Latest run ({tag})\n\n{marks[0]}\n{marks[1]}\n\n### History ({tag})\n\n"
+        f"{marks[2]}\n{history_header}\n{marks[3]}\n"
+    )
+    update_doc_section(path, marks, intro, latest, history_header, history_row)
+
+
 def print_rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     """A plain-text table: columns padded to their widest cell, a rule under the header."""
     table = [list(header), *map(list, rows)]

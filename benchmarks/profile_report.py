@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import ROOT, report_head, update_doc_section
+from benchmarks.harness import ROOT, report_head, update_bench_docs
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 MARKS = (
@@ -172,15 +172,9 @@ def history_row(report: Mapping[str, Any]) -> str:
 def update_docs(report: Mapping[str, Any], path: Path = DOCS) -> None:
     from benchmarks import profile_worker
 
-    intro = (
-        "\n## Where a worker's time goes (`framepool bench profile`)\n\n"
-        + (profile_worker.__doc__ or "").split("\n\n", 1)[1].strip().replace("``", "`")
-        + f"\n\n### Latest run (profile)\n\n{MARKS[0]}\n{MARKS[1]}\n\n### History (profile)\n\n"
-        f"{MARKS[2]}\n{HISTORY_HEADER}\n{MARKS[3]}\n"
-    )
-    update_doc_section(
-        path, MARKS, intro, latest_block(report), HISTORY_HEADER, history_row(report)
-    )
+    title = "Where a worker's time goes (`framepool bench profile`)"
+    update_bench_docs(path, MARKS, title, profile_worker.__doc__, "profile", latest_block(report),
+                      HISTORY_HEADER, history_row(report))  # fmt: skip
 
 
 def show(report: Mapping[str, Any]) -> None:

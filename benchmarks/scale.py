@@ -32,7 +32,7 @@ from benchmarks.harness import (
     save_report,
     steady_rate,
     test_frames,
-    update_doc_section,
+    update_bench_docs,
     utc_minute,
 )
 from benchmarks.pipeline import FramepoolClient
@@ -218,15 +218,9 @@ def history_row(report: dict[str, Any]) -> str:
 
 
 def update_docs(report: dict[str, Any], path: Path = DOCS) -> None:
-    intro = (
-        "\n## Scale-out: worker processes (`framepool bench scale`)\n\n"
-        + (__doc__ or "").split("\n\n", 1)[1].strip().replace("``", "`")
-        + f"\n\n### Latest run (scale)\n\n{MARKS[0]}\n{MARKS[1]}\n\n### History (scale)\n\n"
-        f"{MARKS[2]}\n{HISTORY_HEADER}\n{MARKS[3]}\n"
-    )
-    update_doc_section(
-        path, MARKS, intro, latest_block(report), HISTORY_HEADER, history_row(report)
-    )
+    update_bench_docs(path, MARKS, "Scale-out: worker processes (`framepool bench scale`)",
+                      __doc__, "scale", latest_block(report), HISTORY_HEADER,
+                      history_row(report))  # fmt: skip
 
 
 def _show(report: dict[str, Any]) -> None:

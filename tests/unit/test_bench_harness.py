@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 
 from benchmarks import pipeline, pipeline_report
-from benchmarks.harness import closed_loop, median, percentile, ratio, steady_rate
+from benchmarks.harness import (
+    closed_loop,
+    median,
+    percentile,
+    ratio,
+    steady_rate,
+    update_bench_docs,
+)
 
 
 def test_percentile_interpolates_like_numpy() -> None:
@@ -136,3 +143,31 @@ def test_two_worker_figure_is_a_ratio_against_one_plain_process() -> None:
     row = pipeline_report.history_row(report)
     assert "340.0 / 165.0 = 2.061x" in row
     assert row.count("|") == pipeline_report.HISTORY_HEADER.splitlines()[0].count("|")
+
+
+X_MARKS = ("<!-- x:latest:begin -->", "<!-- x:latest:end -->",
+         "<!-- x:history:begin -->", "<!-- x:history:end -->")  # fmt: skip
+X_DOC = """``framepool bench x``: the first line, not repeated.
+
+What ``x`` measures, in two
+lines.
+"""
+X_HEADER = "| date | figure |\n|---|---|"
+
+
+def test_the_intro_is_written_once_and_the_blocks_after(tmp_path: Path) -> None:
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\n## other\n\nkept by hand\n")
+    update_bench_docs(doc, X_MARKS, "X (`framepool bench x`)", X_DOC, "x", "run one", X_HEADER,
+                      "| 1 | 1.0 |")  # fmt: skip
+    doc.write_text(doc.read_text().replace("in two\nlines.", "in two\nlines, edited."))
+    update_bench_docs(doc, X_MARKS, "X (`framepool bench x`)", X_DOC, "x", "run two", X_HEADER,
+                      "| 2 | 2.0 |")  # fmt: skip
+    text = doc.read_text()
+    assert "kept by hand" in text and text.count("## X (`framepool bench x`)") == 1
+    assert "What `x` measures, in two\nlines, edited." in text  # the intro is not rewritten
+    assert "the first line" not in text
+    assert "### Latest run (x)" in text and "### History (x)" in text
+    assert "run two" in text and "run one" not in text
+    assert text.index("| 1 | 1.0 |") < text.index("| 2 | 2.0 |")
+    assert text.count("| date | figure |") == 1
