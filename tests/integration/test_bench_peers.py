@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import harness, peers_ray, peers_triton
+from benchmarks import harness, peers_ray, peers_report, peers_triton
 from benchmarks.peers_clients import PeerClient, run_closed, session_pids
 from benchmarks.sandbox import Sandbox
 from framepool.settings import Settings
@@ -47,6 +47,26 @@ def test_the_command_with_framepool_and_the_direct_call(tmp_path: Path) -> None:
     assert report["config"]["open_fps"] == pytest.approx(
         0.5 * report["config"]["calibration_fps"], abs=0.02
     )
+
+
+def test_replicas_for_framepool_and_the_direct_call_alike(tmp_path: Path) -> None:
+    out = tmp_path / "peers.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "framepool.cli", "bench", "peers", "--frames", "16",
+         "--latency-frames", "16", "--repeats", "1", "--peers", "none", "--replicas", "2",
+         "--no-docs", "--out", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["config"]["replicas"] == 2 and report["config"]["direct_replicas"] == 2
+    assert "direct: loading resnet18 on cpu, 2 model thread(s)" in proc.stdout
+    assert "framepool: starting 2 worker(s)" in proc.stdout
+    for name in ("direct", "framepool"):
+        assert report["details"]["open"][name][0]["frames"] == 16
+        assert report["figures"][name]["fps"] > 0
+    block = peers_report.latest_block(report)
+    assert "the direct call 2 model threads sharing one model" in block
 
 
 @pytest.fixture
