@@ -240,7 +240,14 @@ def plan_workers(
     if cpu_models:
         if ids:
             notes.append(f"{', '.join(cpu_models)} on CPU workers (GPU_FALLBACK_TO_CPU)")
-        threads = cpu_threads(cpus(), len(slots))
+        cores = cpus()
+        if not ids and len(slots) == 1 and cores > 1:
+            notes.append(
+                f"one CPU worker with {cores} torch threads: {cores} workers of one thread "
+                f"each usually serve more frames with a lower p99 (--workers-per-gpu "
+                f"{cores}; docs/scaling.md)"
+            )
+        threads = cpu_threads(cores, len(slots))
         specs += [
             WorkerSpec(
                 f"cpu-{k}@{host}", "cpu", cpu_models, env=pin_env(None), env_defaults=threads

@@ -45,6 +45,13 @@ def test_cpu_workers_share_out_the_cores() -> None:
     assert threads(plan_workers("0", 2, ["m"], "box", cpus=lambda: 2)) == ["-", "-"]
 
 
+def test_one_cpu_worker_on_several_cores_gets_a_hint() -> None:
+    (note,) = plan_workers("none", 1, ["m"], "box", cpus=lambda: 4).notes
+    assert "one CPU worker with 4 torch threads" in note and "--workers-per-gpu 4" in note
+    assert plan_workers("none", 4, ["m"], "box", cpus=lambda: 4).notes == []
+    assert plan_workers("none", 1, ["m"], "box", cpus=lambda: 1).notes == []
+
+
 def test_the_environment_wins_over_a_specs_defaults(tmp_path: Path) -> None:
     key = "FRAMEPOOL_TEST_THREADS"  # a name nothing else sets
     code = f"import os; print('threads', os.environ['{key}'], os.environ['X'])"
