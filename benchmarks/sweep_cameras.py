@@ -26,6 +26,7 @@ from framepool.errors import ResultTimeout
 from framepool.settings import Settings
 
 RESULT_TIMEOUT = 120.0  # s: the last result of a point must come within this
+READERS = 8  # threads reading results: each waits for one item at a time
 LEAD_S = 0.05  # the schedule starts this long after drive() is called
 
 
@@ -61,16 +62,19 @@ def drive(
     clock: Callable[[], float] = time.perf_counter,
     sleep: Callable[[float], None] = time.sleep,
     result_timeout: float = RESULT_TIMEOUT,
+    readers: int = READERS,
 ) -> tuple[list[tuple[int, Any, float]], float]:
     """Submit item ``i`` at ``start + times[i]`` (``times`` sorted); read every result.
 
     ``submit(indices)`` enqueues the items due together and returns their handles.
-    A reader thread reads them in submission order with ``get(handle, timeout)``
-    (``None``: no result in time), so a slow result never holds up a submission
-    (Celery's ``AsyncResult.get`` waits in steps of a second whatever its timeout,
-    so it cannot be interleaved with the schedule). Returns ``(index, result,
-    submit-to-read ms)`` in submission order and the largest lateness of a
-    submission (s).
+    ``readers`` threads read them with ``get(handle, timeout)`` (``None``: no result
+    in time), so a slow result never holds up a submission (Celery's
+    ``AsyncResult.get`` waits in steps of a second whatever its timeout, so it
+    cannot be interleaved with the schedule), nor the reading of a later item that
+    is done first (several workers or replicas finish out of order; one reader in
+    submission order would count that wait in the later item's latency). Returns
+    ``(index, result, submit-to-read ms)`` in submission order and the largest
+    lateness of a submission (s).
     """
     n = len(times)
     handed: SimpleQueue[tuple[int, Any, float] | None] = SimpleQueue()
@@ -89,8 +93,10 @@ def drive(
                 return
             done.append((index, result, (clock() - sent) * 1000.0))
 
-    thread = threading.Thread(target=reader, name="sweep-reader", daemon=True)
-    thread.start()
+    threads = [threading.Thread(target=reader, name=f"sweep-reader-{k}", daemon=True)
+               for k in range(readers)]  # fmt: skip
+    for thread in threads:
+        thread.start()
     max_late = 0.0
     start = clock() + LEAD_S
     i = 0
@@ -108,11 +114,14 @@ def drive(
                 handed.put((k, handle, now))
             i = j
     finally:
-        handed.put(None)  # the reader stops after the last handle
-    while thread.is_alive():  # join with a timeout so Ctrl-C is seen
-        thread.join(0.2)
+        for _ in threads:
+            handed.put(None)  # each reader stops after the last handles
+    for thread in threads:
+        while thread.is_alive():  # join with a timeout so Ctrl-C is seen
+            thread.join(0.2)
     if failed:
         raise failed[0]
+    done.sort(key=lambda item: item[0])
     return done, max_late
 
 

@@ -6,6 +6,7 @@ per-camera statistics after the warm-up)."""
 from __future__ import annotations
 
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -77,7 +78,33 @@ def test_drive_submits_frames_due_together_in_one_call_and_reads_all() -> None:
     assert all(ms >= 0 for _, _, ms in done)
     assert late == 0.0  # the fake clock never overshoots
     assert clock.sleeps == pytest.approx([LEAD_S, 0.5, 0.75])
-    assert reader_threads == {"sweep-reader"}  # results are read off the schedule's thread
+    # results are read off the schedule's thread, by the reader threads
+    assert reader_threads and all(t.startswith("sweep-reader-") for t in reader_threads)
+
+
+def test_a_later_result_done_first_is_not_held_up_by_an_earlier_one() -> None:
+    first_asked, first_done = threading.Event(), threading.Event()
+    read_at: dict[str, float] = {}
+
+    def get(handle: str, timeout: float) -> str:
+        if handle == "h0":  # the first frame takes long; the second is done at once
+            first_asked.set()
+            assert first_done.wait(10)
+        read_at[handle] = time.perf_counter()
+        return handle
+
+    def submit(indices: list[int]) -> list[str]:
+        if indices == [1]:
+            assert first_asked.wait(10)
+        return [f"h{i}" for i in indices]
+
+    timer = threading.Timer(0.3, first_done.set)
+    timer.start()
+    done, _ = drive([0.0, 0.01], submit, get)
+    timer.join()
+    assert [i for i, _, _ in done] == [0, 1]  # still in submission order
+    assert read_at["h1"] < read_at["h0"]  # h1 was read while h0 was still out
+    assert done[1][2] < done[0][2]  # and its latency does not include h0's wait
 
 
 def test_drive_reports_how_late_a_submission_was() -> None:
