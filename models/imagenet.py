@@ -1,7 +1,8 @@
 """Shared base for ImageNet-style classifiers (the zoo's ResNets).
 
-Subclasses set ``depth``; preprocess is a Pillow bilinear resize to the
-manifest's input size and ImageNet mean/std normalisation; outputs are the
+Subclasses set ``depth``; preprocess is a bilinear resize (as Pillow's) to the
+manifest's input size and ImageNet mean/std normalisation (:mod:`models.image`);
+outputs are the
 top-5 softmax classes, labelled ``class_<index>``. The network serves with each
 BatchNorm folded into the convolution before it (:func:`fold_batchnorm`).
 
@@ -19,15 +20,16 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from framepool.errors import BadFrame
 from models.base import Model
+from models.image import normalise_chw, resize_rgb
 from models.jpeg import nvjpeg_decoder
 from models.nets.resnet import build_resnet, fold_batchnorm
 
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32) * 255
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32) * 255
+INV_STD = (1.0 / STD).astype(np.float32)
 TOP_K = 5
 
 
@@ -52,11 +54,10 @@ class ImageNetClassifier(Model):
         quarter of the bytes to stack and copy; :meth:`to_device` normalises the whole
         batch on the device), else as normalised float32 CxHxW."""
         w, h = self.manifest.input_size
-        resized = np.array(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+        resized = resize_rgb(image, (w, h))
         if self.device.type == "cuda" or self.jpeg_decoder is not None:
             return resized
-        x = (resized.astype(np.float32) - MEAN) / STD
-        return np.ascontiguousarray(x.transpose(2, 0, 1))
+        return normalise_chw(resized, MEAN, INV_STD)
 
     def collate(self, inputs: Sequence[np.ndarray]) -> Any:
         """Stacked, unless some inputs are JPEG bytes (:attr:`accepts_jpeg`): then a list."""

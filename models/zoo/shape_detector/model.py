@@ -10,26 +10,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from models.base import Model
+from models.image import normalise_chw
+from models.image import resize_rgb as resize  # train.py resizes as serving does
 from models.nets.shapenet import ShapeNet, decode, fuse_batchnorm
 
 SCORE_THRESHOLD = 0.3
 PIXEL_MEAN, PIXEL_SCALE = 127.5, 64.0  # input = (pixel - mean) / scale
 
 
-def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """HxWx3 uint8 of any size -> HxWx3 uint8 at ``size`` (width, height), Pillow bilinear."""
-    if (image.shape[1], image.shape[0]) == size:
-        return image
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
-
-
 def to_input(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """HxWx3 uint8 of any size -> float32 3xHxW network input at ``size``."""
-    x = (resize(image, size).astype(np.float32) - PIXEL_MEAN) / PIXEL_SCALE
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    return normalise_chw(resize(image, size), PIXEL_MEAN, 1.0 / PIXEL_SCALE)
 
 
 class ShapeDetector(Model):
