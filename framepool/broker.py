@@ -11,22 +11,24 @@ messages stay in Redis's unacked set (Redis holds it, with AOF on disk) and the
 periodic sweep delivers them again after ``VISIBILITY_TIMEOUT_SECONDS``, while
 the worker reconnects and goes on.
 
-Also, for speed: after each BRPOP the consumer takes up to ``MULTI_POP`` more
-messages from the same list in one Lua call that writes their unacked-index
-entries in the same step (:meth:`Channel._deliver_more`), within the prefetch
-limit: under load one round trip brings many frames, and a message is never out
-of the list without its unacked entry (a worker killed mid-call loses nothing; the
-sweep restores them). The same call reads each message's claim-checked frame
-(:data:`PREFETCHED`, so the task needs no GET of its own), and the worker's result
-write removes the frames' unacked entries
-(:func:`~framepool.broker_qos.entries_for`), so their acks need no round trip
-either. Also: the synchronous Redis client is built once per connection pool
-instead of once per command (:class:`Channel`), the unacked index is written
-and acked with plain pipelines instead of MULTI/EXEC
-(:meth:`~framepool.broker_qos.QoS.pipe_or_acquire`), and a delivery's
-unacked-index write happens just after the message is handed to Celery instead
-of just before (:meth:`Channel.basic_consume`), so its round trip overlaps the
-task's start instead of delaying it.
+Also, for speed: after each BRPOP the consumer makes one Lua call
+(:meth:`Channel._deliver_with_more`) that writes the BRPOP'd message's
+unacked-index entry, and takes up to ``MULTI_POP`` more messages from the same
+list with their entries written in the same step, within the prefetch limit:
+under load one round trip brings many frames, and a message popped by the script
+is never out of the list without its unacked entry (a worker killed mid-call
+loses nothing; the sweep restores them). The same call reads each message's
+claim-checked frame, the BRPOP'd one's included (:data:`PREFETCHED`, so the task
+needs no GET of its own: a lone frame costs the worker BRPOP, this call and its
+result's write), and the worker's result write removes the frames' unacked
+entries (:func:`~framepool.broker_qos.entries_for`), so their acks need no round
+trip either. Also: the synchronous Redis client is built once per connection
+pool instead of once per command (:class:`Channel`), and the unacked index is
+written and acked with plain pipelines instead of MULTI/EXEC
+(:meth:`~framepool.broker_qos.QoS.pipe_or_acquire`). With ``multi_pop = 0`` (one
+message per BRPOP, as kombu) a delivery's unacked-index write happens just after
+the message is handed to Celery (:meth:`Channel.basic_consume`), and the task
+reads its frame itself.
 
 ``celeryconfig`` selects this transport with ``broker_transport``; the broker
 URL stays a plain ``redis://`` (or ``rediss://``) URL.
@@ -37,13 +39,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from queue import Empty
 from typing import Any
 
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
+from kombu.utils.json import dumps, loads
 
 from framepool import keys
 from framepool.broker_qos import QoS
@@ -58,17 +61,16 @@ TRANSPORT = "framepool.broker:Transport"
 MULTI_POP = 31
 
 #: KEYS: the list, kombu's unacked hash, its index; ARGV: how many, now (s), the
-#: claim-check key prefix ('' for none). RPOP up to ARGV[1] messages; each one that
-#: names its delivery tag, exchange and routing key gets its unacked entry (kombu's
-#: [message, exchange, routing_key] JSON: the message's own bytes, not re-encoded)
-#: and index score, as QoS.append writes them; the frame its task will read
-#: (prefix .. task id) comes back with it. Returns {message, 1 if its entry was
-#: written else 0, frame or nil} in pop order.
+#: claim-check key prefix ('' for none), and optionally a message already popped
+#: (BRPOP's). That message, then up to ARGV[1] more RPOP'd ones: each that names its
+#: delivery tag, exchange and routing key gets its unacked entry (kombu's [message,
+#: exchange, routing_key] JSON: the message's own bytes, not re-encoded) and index
+#: score, as QoS.append writes them; the frame its task will read (prefix .. task
+#: id) comes back with it. Returns {message, 1 if its entry was written else 0,
+#: frame or nil} in that order.
 POP_MANY = """
 local out = {}
-for i = 1, tonumber(ARGV[1]) do
-  local item = redis.call('RPOP', KEYS[1])
-  if not item then break end
+local function take(item)
   local ok, msg = pcall(cjson.decode, item)
   local tag, ex, rk
   if ok and type(msg) == 'table' and type(msg.properties) == 'table' then
@@ -90,6 +92,12 @@ for i = 1, tonumber(ARGV[1]) do
     frame = redis.call('GET', ARGV[3] .. msg.headers.id)
   end
   out[#out + 1] = {item, written, frame}
+end
+if ARGV[4] then take(ARGV[4]) end
+for i = 1, tonumber(ARGV[1]) do
+  local item = redis.call('RPOP', KEYS[1])
+  if not item then break end
+  take(item)
 end
 return out
 """
@@ -128,6 +136,24 @@ class FramePrefetch:
 #: this process's prefetched frames (``FrameIntake._claim``, workers/intake.py, takes them first)
 PREFETCHED = FramePrefetch()
 
+_capturing = threading.local()
+
+
+@contextmanager
+def captured_publishes() -> Iterator[list[tuple[str, bytes]]]:
+    """Within it, what this thread publishes to a queue on this transport is not sent:
+    each message's Redis list and encoded bytes, exactly as kombu would LPUSH them,
+    are appended to the list it yields, in order, for the caller to push itself (the
+    producer does, in one Lua call with its depth check: ``producer/enqueue.py``)."""
+    if getattr(_capturing, "sent", None) is not None:
+        raise RuntimeError("captured_publishes does not nest")
+    sent: list[tuple[str, bytes]] = []
+    _capturing.sent = sent
+    try:
+        yield sent
+    finally:
+        _capturing.sent = None
+
 
 class Channel(kombu_redis.Channel):
     """kombu builds a new ``redis.Redis`` for every publish, ack, task event and
@@ -145,6 +171,17 @@ class Channel(kombu_redis.Channel):
     multi_pop = MULTI_POP
     #: claim-checked frames are read with their messages ('' reads none)
     frame_prefix = keys.frame_data("")
+
+    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+        """kombu's LPUSH of a message onto ``queue``'s list, or, inside
+        :func:`captured_publishes`, its list and bytes handed to the caller instead
+        (framepool declares no expiring queues, so there is no PEXPIRE to go with it)."""
+        sent = getattr(_capturing, "sent", None)
+        if sent is None:
+            return super()._put(queue, message, **kwargs)
+        pri = self._get_message_priority(message, reverse=False)
+        sent.append((self._q_for_pri(queue, pri), dumps(message).encode()))
+        return None
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:
@@ -178,8 +215,9 @@ class Channel(kombu_redis.Channel):
         return super().basic_consume(queue, no_ack, then_write_unacked, consumer_tag, **kwargs)
 
     def _brpop_read(self, **options: Any) -> bool:
-        """kombu's: read BRPOP's reply and deliver its message; then up to
-        :attr:`multi_pop` more from the same list (:meth:`_deliver_more`)."""
+        """kombu's: read BRPOP's reply and deliver its message; with :attr:`multi_pop`,
+        after one call that writes its unacked entry, reads its frame and takes more
+        from the same list (:meth:`_deliver_with_more`)."""
         try:
             try:
                 dest_item = self.client.parse_response(self.client.connection, "BRPOP", **options)
@@ -192,26 +230,28 @@ class Channel(kombu_redis.Channel):
             key, item = dest_item
             dest = bytes_to_str(key).rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(dest)
-            self.connection._deliver(loads(bytes_to_str(item)), dest)
+            if not self.multi_pop:
+                self.connection._deliver(loads(bytes_to_str(item)), dest)
         finally:
             self._in_poll = None  # type: ignore[assignment]  # as kombu does
             flush = getattr(self, "_flush_brpop_reauth", None)  # kombu >= 5.6
             if flush is not None:
                 flush()
-        self._deliver_more(key, dest)
+        if self.multi_pop:
+            self._deliver_with_more(key, dest, item)
         return True
 
-    def _deliver_more(self, key: bytes, queue: str) -> None:
-        """Pop up to :attr:`multi_pop` more messages from list ``key`` (the prefetch
-        limit permitting) with their unacked entries written in the same Lua call,
-        and deliver them. A failed call leaves any message it popped in the unacked
-        set, where the sweep finds it after VISIBILITY_TIMEOUT_SECONDS."""
+    def _deliver_with_more(self, key: bytes, queue: str, first: bytes) -> None:
+        """Deliver BRPOP's message ``first`` and up to :attr:`multi_pop` more from list
+        ``key`` (the prefetch limit permitting), after one Lua call that writes their
+        unacked entries and reads their claim-checked frames. When the call fails,
+        ``first`` is delivered as kombu delivers it (its entry written after the
+        hand-over, its frame read by its task); any message the call popped stays in
+        the unacked set, where the sweep finds it after VISIBILITY_TIMEOUT_SECONDS."""
         n = self.multi_pop
         room = self.qos.can_consume_max_estimate()
         if room is not None:
-            n = min(n, room)
-        if n <= 0:
-            return
+            n = min(n, room - 1)  # ``first`` takes one place
         script_keys = [key, self.unacked_key, self.unacked_index_key]
         try:
             with self.conn_or_acquire() as client:
@@ -219,10 +259,13 @@ class Channel(kombu_redis.Channel):
                 if script is None or script.registered_client is not client:
                     script = self._pop_script = client.register_script(POP_MANY)
                 popped = script(
-                    keys=script_keys, args=[n, time.time(), self.frame_prefix], client=client
+                    keys=script_keys,
+                    args=[max(0, n), time.time(), self.frame_prefix, first],
+                    client=client,
                 )
-        except Exception as exc:  # Redis away or a script error: BRPOP's message went on
+        except Exception as exc:  # Redis away or a script error
             log.warning("multi_pop_failed", queue=queue, error=f"{type(exc).__name__}: {exc}")
+            self.connection._deliver(loads(bytes_to_str(first)), queue)
             return
         for item, written, frame in popped:
             payload = loads(bytes_to_str(item))

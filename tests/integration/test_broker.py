@@ -197,17 +197,17 @@ def test_one_round_trip_brings_several_messages_each_with_its_unacked_entry(
         channel = conn.default_channel
         queue = _publish(channel, 10)
         calls: list[int] = []
-        real = channel._deliver_more
+        real = channel._deliver_with_more
 
-        def counted(key: bytes, name: str) -> None:
+        def counted(key: bytes, name: str, first: bytes) -> None:
             calls.append(1)
-            real(key, name)
+            real(key, name, first)
 
-        channel._deliver_more = counted  # type: ignore[method-assign]
+        channel._deliver_with_more = counted  # type: ignore[method-assign]
         got = _drain(conn, queue, None, 10)
         assert sorted(m.payload["i"] for m in got) == list(range(10))
-        assert len(calls) == 1  # BRPOP's one, then the other nine in one call
-        assert len(kombu_writes) == 1  # only BRPOP's entry is written after the hand-over
+        assert len(calls) == 1  # BRPOP's one, then its entry and the other nine in one call
+        assert kombu_writes == []  # no entry is written after the hand-over, BRPOP's neither
         client = channel._create_client()
         assert client.llen(QUEUE) == 0
         assert _indices(channel) == (10, 10)  # every delivery is in the unacked set
@@ -266,6 +266,29 @@ def test_a_message_the_script_cannot_index_is_delivered_and_written_after(redis_
             m.ack()
 
 
+def test_when_the_call_after_brpop_fails_its_message_is_delivered_as_kombu_does(
+    redis_url: str,
+) -> None:
+    from framepool import broker
+
+    with Connection(redis_url, transport=TRANSPORT) as conn:
+        channel = conn.default_channel
+        queue = _publish(channel, 3)
+        channel._pop_script = None
+        real = broker.POP_MANY
+        try:
+            broker.POP_MANY = "return redis.error_reply('script broken')"
+            got = _drain(conn, queue, None, 3)  # one per BRPOP now
+        finally:
+            broker.POP_MANY = real
+        assert sorted(m.payload["i"] for m in got) == [0, 1, 2]
+        assert _indices(channel) == (3, 3)  # each written by the QoS after its hand-over
+        assert not channel.qos._unwritten and not channel.qos._prewritten
+        for m in got:
+            m.ack()
+        assert _indices(channel) == (0, 0)
+
+
 def test_claim_checked_frames_come_with_the_messages_taken_several_at_a_time(
     redis_url: str,
 ) -> None:
@@ -285,8 +308,9 @@ def test_claim_checked_frames_come_with_the_messages_taken_several_at_a_time(
                              declare=[queue], serializer="json", headers={"id": job})  # fmt: skip
         got = _drain(conn, queue, None, 4)
         assert [m.headers["id"] for m in got] == ["job-0", "job-1", "job-2", "job-3"]
-        # job-0 came through BRPOP (its task reads its frame itself); the rest in one call
-        assert PREFETCHED.take("job-0") is None and PREFETCHED.take("job-2") is None
+        # job-0 came through BRPOP, its frame with the rest in the call after it
+        assert PREFETCHED.take("job-0") == b"frame-0"
+        assert PREFETCHED.take("job-2") is None
         assert PREFETCHED.take("job-1") == b"frame-1"
         assert PREFETCHED.take("job-3") == b"frame-3"
         assert PREFETCHED.take("job-3") is None  # taken once
