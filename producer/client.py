@@ -3,33 +3,35 @@
 Frames are judged before enqueue (format and dimensions from the header, size
 and pixel limits) and sent as the ``framepool.infer`` task onto the model's own
 queue, with the correlation id in the message header ``correlation_id``.
-``submit_many`` sends a whole list in one Redis pipeline. Each frame sent gets a
+``submit_many`` sends a whole list in one round trip. Each frame sent gets a
 :class:`~producer.frame_handle.FrameHandle`.
 
 With ``FRAME_CLAIM_CHECK`` (the default) a frame's bytes go under a key of their
-own (``keys.frame_data(job_id)``), set in the same round trip as the queue-depth
-check, and the message carries only the metadata.
+own (``keys.frame_data(job_id)``) and the message carries only the metadata. A
+frame's bytes, its message and its queue's depth check go to Redis in one round
+trip, whole lists of frames too (``producer/enqueue.py``).
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Iterable, Mapping
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import redis
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from framepool import codec, correlation, keys
+from framepool.broker import captured_publishes
 from framepool.celery_app import create_app
 from framepool.errors import BadInput, BrokerUnavailable, QueueFull, UnknownModel
 from framepool.manifest import discover
 from framepool.schemas import FrameMeta
 from framepool.settings import Settings, get_settings
+from producer.enqueue import Enqueuer, Outgoing
 from producer.frame_handle import FrameHandle
 from producer.result_wait import ResultListener
 
@@ -54,6 +56,7 @@ class FrameProducer:
         self.redis = redis.Redis.from_url(
             self.settings.redis_url, socket_timeout=5, socket_connect_timeout=5
         )
+        self._enqueue = Enqueuer()
         # its own connection pool: its pub/sub connection blocks in reads
         self.results = ResultListener(
             redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=5)
@@ -95,7 +98,7 @@ class FrameProducer:
         return self._send_all([item])[0]
 
     def submit_many(self, items: Iterable[Mapping[str, Any]]) -> list[FrameHandle]:
-        """Enqueue many frames in one pipeline. Each item holds ``submit``'s arguments.
+        """Enqueue many frames in one round trip. Each item holds ``submit``'s arguments.
 
         Every frame is checked before anything is sent. Frames over a queue's
         capacity get a refused handle; under the ``reject`` policy ``QueueFull``
@@ -193,74 +196,68 @@ class FrameProducer:
         data = frame if isinstance(frame, bytes) else bytes(frame)
         return _Prepared(data, meta, correlation.new_id(), cid, argsrepr)
 
-    def _depths(
-        self, model_ids: Iterable[str], store: list[_Prepared] | None = None
-    ) -> dict[str, int]:
-        """Each model's queued frames; ``store``'s frames are claim-checked (their bytes
-        SET under ``keys.frame_data``) in the same round trip."""
+    def _depths(self, model_ids: Iterable[str]) -> dict[str, int]:
+        """Each model's queued frames (all priority lists), in one round trip."""
         ids = list(dict.fromkeys(model_ids))
-        store = store or []
-        ttl = self.settings.frame_ttl_seconds
         try:
             with self.redis.pipeline(transaction=False) as pipe:
-                for item in store:
-                    pipe.set(keys.frame_data(item.job_id), item.data, ex=ttl)
                 for m in ids:
                     for name in keys.queue_lists(m):
                         pipe.llen(name)
-                counts = pipe.execute()[len(store) :]
+                counts = pipe.execute()
         except redis.RedisError as exc:
             raise BrokerUnavailable(f"Redis unreachable: {exc}") from exc
         per = len(keys.queue_lists(ids[0])) if ids else 0
         return {m: sum(counts[i * per : (i + 1) * per]) for i, m in enumerate(ids)}
 
     def _send_all(self, items: list[_Prepared]) -> list[FrameHandle]:
+        """Build each frame's message, then enqueue them all in one round trip
+        (``producer/enqueue.py``): a frame past its queue's capacity gets a refused
+        handle (``QueueFull``), raised under the ``reject`` policy."""
         if not items:
             return []
-        limit = self.settings.max_queue_depth
-        claim = self.settings.frame_claim_check
-        depths = self._depths((i.meta["model_id"] for i in items), items if claim else None)
-        room = {m: limit - d for m, d in depths.items()}
+        s = self.settings
+        claim = s.frame_claim_check
+        messages = self._messages(items, claim)
+        outgoing = [
+            Outgoing(
+                item.meta["model_id"],
+                item.job_id,
+                queue_list,
+                message,
+                item.data if claim else None,
+                _latest_key(item),
+            )  # fmt: skip
+            for item, (queue_list, message) in zip(items, messages, strict=True)
+        ]
+        try:
+            placed = self._enqueue(self.redis, outgoing, s.max_queue_depth,
+                                   s.frame_ttl_seconds, s.result_ttl_seconds)  # fmt: skip
+        except redis.RedisError as exc:
+            raise BrokerUnavailable(f"cannot enqueue: Redis unreachable: {exc}") from exc
         handles: list[FrameHandle] = []
-        refused: Counter[str] = Counter()
-        accepted: list[_Prepared] = []
-        stored_refused: list[str] = []
-        for item in items:
-            m = item.meta["model_id"]
-            if room[m] > 0:
-                room[m] -= 1
-                accepted.append(item)
-                handles.append(
-                    FrameHandle(
-                        self.app, item.job_id, item.correlation_id, item.meta, None, self.results
-                    )
-                )
+        for item, p in zip(items, placed, strict=True):
+            if p.accepted:
+                handles.append(FrameHandle(self.app, item.job_id, item.correlation_id,
+                                           item.meta, None, self.results))  # fmt: skip
             else:
-                refused[m] += 1
-                if claim:
-                    stored_refused.append(item.job_id)
-                exc = QueueFull(m, limit - room[m], limit)
-                handles.append(
-                    FrameHandle(self.app, item.job_id, item.correlation_id, item.meta, exc)
-                )
-        self._publish(accepted, claim)
-        if refused:
-            self._count_refused(refused, stored_refused)
-            if self.settings.queue_full_policy == "reject":
-                first = next(h.refused for h in handles if h.refused is not None)
-                assert first is not None
-                first.handles = handles  # type: ignore[attr-defined]
-                raise first
+                full = QueueFull(item.meta["model_id"], p.depth, s.max_queue_depth)
+                handles.append(FrameHandle(self.app, item.job_id, item.correlation_id,
+                                           item.meta, full))  # fmt: skip
+        refused = [h.refused for h in handles if h.refused is not None]
+        if refused and s.queue_full_policy == "reject":
+            first = refused[0]
+            first.handles = handles  # type: ignore[attr-defined]
+            raise first
         return handles
 
-    def _publish(self, items: list[_Prepared], claim: bool) -> None:
-        if not items:
-            return
+    def _messages(self, items: list[_Prepared], claim: bool) -> list[tuple[str, bytes]]:
+        """Each frame's ``framepool.infer`` message as Celery and kombu build it, and the
+        list kombu would push it to, without sending it (``captured_publishes``)."""
         try:
-            self._mark_latest(items)
-            with self.app.producer_or_acquire() as producer, _maybe_batch(producer, len(items)):
+            with captured_publishes() as sent, self.app.producer_or_acquire() as producer:
                 for item in items:
-                    # after the depth check's round trip; the deadline counts from here too
+                    # the deadline counts from here, as the frame's time in the queue does
                     now = time.time()
                     if item.meta["deadline_at"] is not None:
                         item.meta["deadline_at"] += now - item.meta["enqueued_at"]
@@ -286,40 +283,22 @@ class FrameProducer:
                         # nothing to declare, so kombu's per-publish check is skipped.
                         declare=(),
                     )
-        except (redis.RedisError, OSError) as exc:
+        except (redis.RedisError, OSError, OperationalError) as exc:  # kombu's channel pings
             raise BrokerUnavailable(f"cannot enqueue: Redis unreachable: {exc}") from exc
-
-    def _mark_latest(self, items: list[_Prepared]) -> None:
-        """Latest-frame-wins: record each camera's newest job id *before* publishing,
-        so a worker never sees a frame newer than the key (it would drop it)."""
-        newest: dict[str, str] = {}
-        for item in items:
-            m = item.meta
-            if m.get("latest_wins") and m["camera_id"]:
-                newest[keys.latest_frame(m["model_id"], m["camera_id"])] = item.job_id
-        if not newest:
-            return
-        ttl = self.settings.result_ttl_seconds
-        with self.redis.pipeline(transaction=False) as pipe:
-            for key, job_id in newest.items():
-                pipe.set(key, job_id, ex=ttl)
-            pipe.execute()
-
-    def _count_refused(self, refused: Counter[str], stored: list[str]) -> None:
-        try:
-            with self.redis.pipeline(transaction=False) as pipe:
-                for model_id, n in refused.items():
-                    pipe.hincrby(keys.dropped_counter(model_id), "queue_full", n)
-                if stored:  # claim-checked before the depth was known: not sent
-                    pipe.delete(*(keys.frame_data(job_id) for job_id in stored))
-                pipe.execute()
-        except redis.RedisError:
-            pass  # counting must not hide the refusal itself
+        if len(sent) != len(items):
+            raise RuntimeError(
+                f"{len(sent)} of {len(items)} messages reached framepool's transport: "
+                "FrameProducer needs broker_transport = framepool.broker:Transport"
+            )
+        return sent
 
 
-def _maybe_batch(producer: Any, n: int) -> AbstractContextManager[Any]:
-    """A Redis pipeline for many messages; none for one (it would only add a round of work)."""
-    return producer.batch() if n > 1 else nullcontext()
+def _latest_key(item: _Prepared) -> str:
+    """Latest-frame-wins: the key that records the camera's newest job id, else ''."""
+    m = item.meta
+    if m.get("latest_wins") and m["camera_id"]:
+        return keys.latest_frame(m["model_id"], m["camera_id"])
+    return ""
 
 
 _SUBMIT_ARGS = {

@@ -8,7 +8,7 @@ parallel with the other readers: libjpeg-turbo and FFmpeg release the GIL)
 and hands frames to a bounded queue, one for live and one for finite
 sources. The sender takes whatever is queued, live frames first, up to
 ``batch_size`` frames from any camera, and sends them with one
-``FrameProducer.submit_many`` (one Redis pipeline): frames go out at once when
+``FrameProducer.submit_many`` (one Redis round trip): frames go out at once when
 they come slowly (live) and in batches when they come fast (files).
 
 Sampling is by timestamp (:class:`FpsSampler`), never by wall clock: a file is

@@ -5,7 +5,7 @@ Readers hand each encoded frame to one of two bounded queues, live or finite
 live camera. The sender thread (:meth:`IngestSender.run`) takes live frames
 first, then finite ones while the model's queue holds fewer than
 ``max_queued``, up to ``batch_size`` frames from any camera, and sends them
-with one ``submit_many`` (one Redis pipeline), counting each ``sent`` or
+with one ``submit_many`` (one Redis round trip), counting each ``sent`` or
 ``dropped`` by reason. While Redis is away it retries with backoff, keeping
 the finite frames and counting the live ones as ``broker_unavailable``. The
 threads and the drop reasons are described in :mod:`producer.ingest`.

@@ -164,7 +164,7 @@ def test_queue_full_rejects_exactly_the_excess(settings: Settings) -> None:
     client = redis.Redis.from_url(s.redis_url)
     dropped = client.hget(keys.dropped_counter(MODEL), "queue_full")
     assert int(dropped) == 3
-    # claim-checked with the depth check, the refused frames' bytes are deleted again
+    # the depth check and the claim check are one step: refused frames' bytes are never stored
     stored = [h.job_id for h in handles if client.exists(keys.frame_data(h.job_id))]
     assert stored == [h.job_id for h in handles[:2]]
 
