@@ -4,7 +4,9 @@ and hands each frame its own result.
 Frames arrive already decoded and preprocessed (in the Celery task's thread),
 so decode of the next frames overlaps the model's forward pass; and a batch's
 results are written out by a second thread (``results-<model>``), in batch
-order, while the next batch runs. The batch itself is run, timed and split on
+order, while the next batch runs. When no frame waits for the next batch and no
+write is pending, the runner writes the batch itself: a lone frame's result
+then goes out without a hand-off between threads. The batch itself is run, timed and split on
 failure by :class:`~workers.inference.BatchInference` (``workers/inference.py``).
 
 What can go wrong in a batch, and what is done:
@@ -240,7 +242,12 @@ class ModelRunner:
                 log.warning("batch_longer_than_half_visibility_timeout", model_id=self.model.id,
                             batch_size=len(fresh), seconds=round(took, 1))  # fmt: skip
         if done:
-            self._finished.put((done, len(fresh)))  # written while the next batch runs
+            if self._q.empty() and not self._finished.unfinished_tasks:
+                # nothing waits for the model: written here, without waking the
+                # results thread (a frame that comes meanwhile waits for the write)
+                self._write(done, len(fresh))
+            else:
+                self._finished.put((done, len(fresh)))  # written while the next batch runs
         redelivered = [job for job in batch.items if job.record.redelivered]
         if redelivered:
             # each answered (and the batches before it) before the next one runs: if
@@ -256,11 +263,15 @@ class ModelRunner:
                 if item is STOP:
                     return
                 assert isinstance(item, tuple)
-                self._complete(*item)
-            except Exception:  # never leave the loop: later batches wait on it
-                log.exception("result_writer_error", model_id=self.model.id)
+                self._write(*item)
             finally:
                 self._finished.task_done()
+
+    def _write(self, done: Done, ran: int) -> None:
+        try:
+            self._complete(done, ran)
+        except Exception:  # never leave a loop: later batches wait on it
+            log.exception("result_writer_error", model_id=self.model.id)
 
     def _complete(self, done: Done, ran: int) -> None:
         """Count ``done``, write the results out (one round trip), then hand each to its

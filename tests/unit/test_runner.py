@@ -249,15 +249,13 @@ def test_the_next_batch_runs_while_the_last_ones_results_are_written() -> None:
     runner = ModelRunner(
         model, Origin("w1", "cpu", "1"), max_batch_size=2, timeout_s=0.0, finish=finish
     )
+    first = [job(0, 0.0), job(1, 1.0)]
+    second = [job(2, 2.0), job(3, 3.0)]
+    for j in first + second:  # the second batch waits as the first ends
+        runner.submit(j)
     runner.start()
     try:
-        first = [job(0, 0.0), job(1, 1.0)]
-        for j in first:
-            runner.submit(j)
         assert writing.wait(10)
-        second = [job(2, 2.0), job(3, 3.0)]
-        for j in second:
-            runner.submit(j)
         deadline = time.monotonic() + 10
         while model.batches != [2, 2] and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -272,6 +270,26 @@ def test_the_next_batch_runs_while_the_last_ones_results_are_written() -> None:
     assert written == [["j0", "j1"], ["j2", "j3"]]
     assert [j.future.result()["outputs"]["value"] for j in second] == [4.0, 6.0]
     assert runner.in_flight == 0
+
+
+def test_a_batch_no_frame_waits_behind_is_written_by_the_runner_itself() -> None:
+    writers: list[str] = []
+
+    def finish(done: list) -> None:
+        writers.append(threading.current_thread().name)
+
+    runner = ModelRunner(
+        Doubler(), Origin("w1", "cpu", "1"), max_batch_size=2, timeout_s=0.0, finish=finish
+    )
+    runner.start()
+    try:
+        for i in range(2):  # one at a time: nothing waits behind either
+            j = job(i, float(i))
+            runner.submit(j)
+            assert j.future.result(10)["outputs"]["value"] == 2.0 * i
+    finally:
+        runner.stop()
+    assert writers == ["runner-dbl"] * 2
 
 
 def test_stop_writes_out_every_finished_batch() -> None:
