@@ -215,8 +215,9 @@ def test_stopping_while_files_wait_for_room_ends_and_accounts_for_every_frame() 
     summary = run_ingest(producer, [source], IngestConfig("m", duration=0.3, max_queued=10))
     assert time.monotonic() - started < 5
     assert summary["read"] < 200 and accounted(summary)
-    # held back until the stop; then what was handed off went out without waiting
-    assert summary["sent"] == len(producer.sent) <= 4 * 8
+    # held back until the stop; then what was handed off went out without waiting: the
+    # hand-off queue, and the one frame its reader was putting in as the sender made room
+    assert summary["sent"] == len(producer.sent) <= 4 * 8 + 1
 
 
 def test_bad_config_and_duplicate_cameras_are_bad_input() -> None:
