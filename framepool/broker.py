@@ -14,7 +14,9 @@ the worker reconnects and goes on.
 Also, for speed: after each BRPOP the consumer makes one Lua call
 (:meth:`Channel._deliver_with_more`) that writes the BRPOP'd message's
 unacked-index entry, and takes up to ``MULTI_POP`` more messages from the same
-list with their entries written in the same step, within the prefetch limit:
+list with their entries written in the same step, within the prefetch limit. The
+call is sent before the BRPOP'd message is handed to Celery and read after, so
+its round trip overlaps Celery's work and the task's start:
 under load one round trip brings many frames, and a message popped by the script
 is never out of the list without its unacked entry (a worker killed mid-call
 loses nothing; the sweep restores them). The same call reads each message's
@@ -44,6 +46,7 @@ from contextlib import contextmanager
 from queue import Empty
 from typing import Any
 
+import redis
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
@@ -113,6 +116,7 @@ class FramePrefetch:
         self._frames: OrderedDict[str, bytes] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        self._coming: dict[str, threading.Event] = {}  # job id -> set when its call is back
 
     def put(self, job_id: str, data: bytes) -> None:
         with self._lock:
@@ -122,7 +126,27 @@ class FramePrefetch:
             while self._bytes > self.max_bytes and self._frames:
                 self._bytes -= len(self._frames.popitem(last=False)[1])
 
-    def take(self, job_id: str) -> bytes | None:
+    def expect(self, job_id: str) -> None:
+        """A call that reads ``job_id``'s frame is in flight: a :meth:`take` waits for it."""
+        with self._lock:
+            self._coming[job_id] = threading.Event()
+
+    def arrived(self, job_id: str, data: bytes | None) -> None:
+        """The call for ``job_id`` is back with its frame (None: no frame, or it failed)."""
+        if data is not None:
+            self.put(job_id, data)
+        with self._lock:
+            coming = self._coming.pop(job_id, None)
+        if coming is not None:
+            coming.set()
+
+    def take(self, job_id: str, wait_s: float = 0.0) -> bytes | None:
+        """``job_id``'s frame, once; when a call for it is in flight, after up to
+        ``wait_s`` for it to come back."""
+        with self._lock:
+            coming = self._coming.get(job_id)
+        if coming is not None and wait_s > 0:
+            coming.wait(wait_s)
         with self._lock:
             data = self._frames.pop(job_id, None)
             if data is not None:
@@ -166,7 +190,7 @@ class Channel(kombu_redis.Channel):
 
     QoS = QoS
     _sync_client: Any = None
-    _pop_script: Any = None
+    _pop_sha: tuple[Any, str] | None = None  # (client, sha) of POP_MANY, loaded once
     #: most messages taken after each BRPOP in one round trip (0: one per BRPOP, as kombu)
     multi_pop = MULTI_POP
     #: claim-checked frames are read with their messages ('' reads none)
@@ -243,43 +267,102 @@ class Channel(kombu_redis.Channel):
 
     def _deliver_with_more(self, key: bytes, queue: str, first: bytes) -> None:
         """Deliver BRPOP's message ``first`` and up to :attr:`multi_pop` more from list
-        ``key`` (the prefetch limit permitting), after one Lua call that writes their
-        unacked entries and reads their claim-checked frames. When the call fails,
-        ``first`` is delivered as kombu delivers it (its entry written after the
-        hand-over, its frame read by its task); any message the call popped stays in
-        the unacked set, where the sweep finds it after VISIBILITY_TIMEOUT_SECONDS."""
+        ``key`` (the prefetch limit permitting), with one Lua call (:data:`POP_MANY`)
+        that writes their unacked entries and reads their claim-checked frames.
+
+        The call is sent before ``first`` is handed to Celery and read after: its round
+        trip overlaps Celery's work on ``first`` and the task's start (the task waits
+        for its frame in :data:`PREFETCHED`), and Redis has the entry's write before
+        any command of the task. When the call cannot be sent, ``first`` is delivered
+        as kombu delivers it (its entry written after the hand-over, its frame read by
+        its task); when its reply is lost, ``first``'s entry is written again and its
+        task reads its frame itself, and any message the call popped stays in the
+        unacked set, where the sweep finds it after VISIBILITY_TIMEOUT_SECONDS."""
         n = self.multi_pop
         room = self.qos.can_consume_max_estimate()
         if room is not None:
             n = min(n, room - 1)  # ``first`` takes one place
-        script_keys = [key, self.unacked_key, self.unacked_index_key]
+        payload = loads(bytes_to_str(first))
         try:
-            with self.conn_or_acquire() as client:
-                script = self._pop_script
-                if script is None or script.registered_client is not client:
-                    script = self._pop_script = client.register_script(POP_MANY)
-                popped = script(
-                    keys=script_keys,
-                    args=[max(0, n), time.time(), self.frame_prefix, first],
-                    client=client,
-                )
-        except Exception as exc:  # Redis away or a script error
+            client, conn = self._send_pop(key, max(0, n), first)
+        except Exception as exc:  # Redis away
             log.warning("multi_pop_failed", queue=queue, error=f"{type(exc).__name__}: {exc}")
-            self.connection._deliver(loads(bytes_to_str(first)), queue)
-            return
-        for item, written, frame in popped:
-            payload = loads(bytes_to_str(item))
-            if written:
-                self.qos.written_on_pop(payload["properties"]["delivery_tag"])
-            if frame is not None:
-                PREFETCHED.put(payload["headers"]["id"], frame)
             self.connection._deliver(payload, queue)
+            return
+        tag = _indexable_tag(payload)
+        job = (payload.get("headers") or {}).get("id") if self.frame_prefix else None
+        job = job if isinstance(job, str) else None
+        if tag is not None:
+            self.qos.written_on_pop(tag)  # the call writes it
+        if job is not None:
+            PREFETCHED.expect(job)
+        try:
+            self.connection._deliver(payload, queue)
+        finally:
+            popped = self._read_pop(client, conn, queue)
+            if job is not None:
+                PREFETCHED.arrived(job, popped[0][2] if popped else None)
+            if tag is not None and not (popped and popped[0][1]):
+                self.qos.rewrite(tag)  # not written by the call after all
+            for item, written, frame in popped[1:]:
+                more = loads(bytes_to_str(item))
+                if written:
+                    self.qos.written_on_pop(more["properties"]["delivery_tag"])
+                if frame is not None:
+                    PREFETCHED.put(more["headers"]["id"], frame)
+                self.connection._deliver(more, queue)
+
+    def _send_pop(self, key: bytes, n: int, first: bytes) -> tuple[Any, Any]:
+        """Send :data:`POP_MANY` for ``first`` and up to ``n`` more, without waiting for
+        the reply: (client, connection) for :meth:`_read_pop`."""
+        client = self._create_client()
+        if self._pop_sha is None or self._pop_sha[0] is not client:
+            self._pop_sha = (client, client.script_load(POP_MANY))
+        conn = client.connection_pool.get_connection()
+        try:
+            conn.send_command("EVALSHA", self._pop_sha[1], 3, key, self.unacked_key,
+                              self.unacked_index_key, n, time.time(), self.frame_prefix,
+                              first)  # fmt: skip
+        except BaseException:
+            conn.disconnect()
+            client.connection_pool.release(conn)
+            raise
+        return client, conn
+
+    def _read_pop(self, client: Any, conn: Any, queue: str) -> list[Any]:
+        """The reply of :meth:`_send_pop`: ``[message, written, frame]`` per message,
+        BRPOP's first; [] when it failed (logged)."""
+        try:
+            return list(client.parse_response(conn, "EVALSHA"))
+        except Exception as exc:
+            if not isinstance(exc, redis.ResponseError):
+                conn.disconnect()  # a reply half read or lost: not reusable
+            if isinstance(exc, redis.exceptions.NoScriptError):
+                self._pop_sha = None  # Redis restarted: loaded again next time
+            log.warning("multi_pop_failed", queue=queue, error=f"{type(exc).__name__}: {exc}")
+            return []
+        finally:
+            client.connection_pool.release(conn)
 
     def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
         message = super().basic_get(queue, no_ack=no_ack, **kwargs)
         if message is not None and not no_ack:
             self.qos.write_unacked(message, message.delivery_tag)
         return message
+
+
+def _indexable_tag(payload: Any) -> str | None:
+    """The delivery tag :data:`POP_MANY` writes an unacked entry for (it names its tag,
+    exchange and routing key as strings), else None."""
+    props = payload.get("properties") if isinstance(payload, dict) else None
+    if not isinstance(props, dict):
+        return None
+    tag, info = props.get("delivery_tag"), props.get("delivery_info")
+    if not isinstance(tag, str) or not isinstance(info, dict):
+        return None
+    if isinstance(info.get("exchange"), str) and isinstance(info.get("routing_key"), str):
+        return tag
+    return None
 
 
 class Transport(kombu_redis.Transport):

@@ -120,6 +120,20 @@ class QoS(kombu_redis.QoS):
                     self._unwritten[delivery_tag] = None
             done.set()
 
+    def rewrite(self, delivery_tag: Any) -> None:
+        """The call that was to write ``delivery_tag``'s entry as it was delivered did
+        not (its reply was lost, or the script could not index it): write it now, as
+        for a delivery registered unwritten. Nothing when it was settled meanwhile."""
+        with self._lock:
+            message = self._delivered.get(delivery_tag)
+            if message is None or delivery_tag in self._unwritten:
+                return
+            self._unwritten[delivery_tag] = None
+        try:
+            self.write_unacked(message, delivery_tag)
+        except Exception as exc:  # still only in memory: a close restores it from there
+            log.warning("unacked_write_failed", error=f"{type(exc).__name__}: {exc}")
+
     def _settle_unwritten(self, delivery_tag: Any) -> bool:
         """True when ``delivery_tag``'s index entry was never written (it never will be
         now); waits for a write in progress to land first."""

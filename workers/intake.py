@@ -32,6 +32,9 @@ from workers.runner import Finish, FrameJob, ModelRunner
 log = get_logger(__name__)
 
 _META_KEYS = ("model_id", "enqueued_at", "format", "width", "height")
+#: longest a task waits for the frame the consumer's call after BRPOP is reading for
+#: it (the call's round trip; a Redis client's socket timeout is 5 s); then it reads it
+PREFETCH_WAIT_S = 5.0
 
 
 def _check_message(frame: Any, meta: Any) -> FrameMeta:
@@ -144,8 +147,9 @@ class FrameIntake:
 
     def _claim(self, job_id: str) -> bytes:
         """A claim-checked frame's bytes (deleted later, with its result): read with its
-        message by the consumer (``framepool.broker.PREFETCHED``), else from Redis."""
-        prefetched = PREFETCHED.take(job_id)
+        message by the consumer (``framepool.broker.PREFETCHED``; for BRPOP's message
+        the call may still be on its way), else from Redis."""
+        prefetched = PREFETCHED.take(job_id, wait_s=PREFETCH_WAIT_S)
         if prefetched is not None:
             return prefetched
         try:

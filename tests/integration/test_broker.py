@@ -274,7 +274,7 @@ def test_when_the_call_after_brpop_fails_its_message_is_delivered_as_kombu_does(
     with Connection(redis_url, transport=TRANSPORT) as conn:
         channel = conn.default_channel
         queue = _publish(channel, 3)
-        channel._pop_script = None
+        channel._pop_sha = None
         real = broker.POP_MANY
         try:
             broker.POP_MANY = "return redis.error_reply('script broken')"
