@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import collections
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from benchmarks.harness import percentile, test_frames
@@ -87,14 +87,26 @@ def measure(sb: Any, workers: int, fps: float, frames: int) -> dict[str, Any]:
     return {}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def open_loop_args(
+    doc: str | None,
+    argv: Sequence[str] | None,
+    extra: Callable[[argparse.ArgumentParser], object] = lambda ap: None,
+) -> argparse.Namespace:
+    """``--workers``, ``--fps`` and ``--frames`` (and what ``extra`` adds) of the
+    open-loop checks; out-of-range values are a usage error."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--fps", type=float, default=12.0)
     ap.add_argument("--frames", type=int, default=300)
+    extra(ap)
     args = ap.parse_args(argv)
     if args.workers < 1 or args.fps <= 0 or args.frames < 2:
         ap.error("--workers >= 1, --fps > 0 and --frames >= 2")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = open_loop_args(__doc__, argv)
     res = run_measure(lambda sb: measure(sb, args.workers, args.fps, args.frames))
     return res if isinstance(res, int) else 0
 

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.balance import forward_span
+from benchmarks.balance import forward_span, open_loop_args
 from benchmarks.harness import percentile, test_frames
 from benchmarks.peers_stats import merged_spans, open_schedule
 from benchmarks.sandbox import run_measure
@@ -153,14 +153,10 @@ def measure(sb: Any, workers: int, fps: float, frames: int, out: Path | None) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--fps", type=float, default=12.0)
-    ap.add_argument("--frames", type=int, default=300)
-    ap.add_argument("--out", type=Path, default=None, help="also write the figures as JSON")
-    args = ap.parse_args(argv)
-    if args.workers < 1 or args.fps <= 0 or args.frames < 2:
-        ap.error("--workers >= 1, --fps > 0 and --frames >= 2")
+    def out_arg(ap: argparse.ArgumentParser) -> object:
+        return ap.add_argument("--out", type=Path, help="also write the figures as JSON")
+
+    args = open_loop_args(__doc__, argv, out_arg)
     res = run_measure(lambda sb: measure(sb, args.workers, args.fps, args.frames, args.out))
     return res if isinstance(res, int) else 0
 

@@ -64,3 +64,13 @@ def test_summary_takes_the_tail_by_model_idle_time() -> None:
     assert s["idle"]["p50"] == pytest.approx(49.5)
     with pytest.raises(ValueError):
         summary([])
+
+
+def test_out_of_range_arguments_are_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.latency_parts import main
+
+    for argv in (["--frames", "1"], ["--fps", "0"], ["--workers", "0", "--out", "x.json"]):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 2
+    assert "--workers >= 1, --fps > 0 and --frames >= 2" in capsys.readouterr().err
