@@ -251,14 +251,17 @@ def test_unacked_messages_taken_several_at_a_time_are_restored_on_close(
     assert bodies == sorted(m.payload["i"] for m in got[1:])
 
 
-def test_a_message_the_script_cannot_index_is_delivered_and_written_after(redis_url: str) -> None:
+@pytest.mark.parametrize("index", [0, -1], ids=["multi-popped", "brpopped"])
+def test_a_message_the_script_cannot_index_is_delivered_and_written_after(
+    redis_url: str, index: int
+) -> None:
     with Connection(redis_url, transport=TRANSPORT) as conn:
         channel = conn.default_channel
         queue = _publish(channel, 2)
         client = channel._create_client()
-        first = json.loads(client.lindex(QUEUE, 0))  # the one the multi-pop takes
+        first = json.loads(client.lindex(QUEUE, index))  # -1: BRPOP's, 0: the call's
         first["properties"]["delivery_info"]["routing_key"] = None  # not a string: left alone
-        client.lset(QUEUE, 0, json.dumps(first))
+        client.lset(QUEUE, index, json.dumps(first))
         got = _drain(conn, queue, None, 2)
         assert len(got) == 2
         assert _indices(channel) == (2, 2)  # written by the QoS after the hand-over
