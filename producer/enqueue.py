@@ -3,7 +3,7 @@ latest-frame mark and the message, for each frame, in one Lua call.
 
 The producer builds each message with Celery and kombu as they would send it
 (``framepool.broker.captured_publishes`` hands over the list and bytes kombu
-would LPUSH), and :func:`enqueue` then runs :data:`ENQUEUE`: for each frame, in
+would LPUSH), and :class:`Enqueuer` then runs :data:`ENQUEUE`: for each frame, in
 order, while its model's queue (all priority lists) holds fewer than the limit,
 it stores the frame's bytes (claim check), marks it its camera's newest
 (latest-frame-wins) and pushes its message; otherwise it counts the frame as
