@@ -33,7 +33,7 @@ from framepool.schemas import FrameMeta
 from framepool.settings import Settings, get_settings
 from producer.enqueue import Enqueuer, Outgoing
 from producer.frame_handle import FrameHandle
-from producer.result_wait import ResultListener
+from producer.result_wait import ResultListener, decode_with
 
 _SERVED_CACHE_SECONDS = 2.0
 
@@ -61,6 +61,7 @@ class FrameProducer:
         self.results = ResultListener(
             redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=5)
         )
+        self._decode = decode_with(self.app.backend)  # one backend, not one per thread
         self._catalog = set(discover(self.settings.models_root)[0])
         self._served: set[str] = set()
         self._served_at = 0.0
@@ -239,7 +240,7 @@ class FrameProducer:
         for item, p in zip(items, placed, strict=True):
             if p.accepted:
                 handles.append(FrameHandle(self.app, item.job_id, item.correlation_id,
-                                           item.meta, None, self.results))  # fmt: skip
+                                           item.meta, None, self.results, self._decode))  # fmt: skip
             else:
                 full = QueueFull(item.meta["model_id"], p.depth, s.max_queue_depth)
                 handles.append(FrameHandle(self.app, item.job_id, item.correlation_id,

@@ -9,7 +9,7 @@ at once with a local ``rejected`` result.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
@@ -18,7 +18,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 
 from framepool.errors import BrokerUnavailable, QueueFull, ResultTimeout
 from framepool.schemas import ErrorInfo, InferenceResult, Status
-from producer.result_wait import ResultListener
+from producer.result_wait import ResultListener, decode_with
 
 
 class FrameHandle:
@@ -32,9 +32,11 @@ class FrameHandle:
         meta: Mapping[str, Any],
         refused: QueueFull | None = None,
         listener: ResultListener | None = None,
+        decode: Callable[[bytes], Any] | None = None,
     ) -> None:
         self._app = app
         self._listener = listener
+        self._decode = decode  # a stored result's value (``decode_with``)
         self.job_id = job_id
         self.correlation_id = correlation_id
         self.model_id: str = meta["model_id"]
@@ -66,7 +68,8 @@ class FrameHandle:
             raise BrokerUnavailable(f"Redis unreachable: {exc}") from exc
         if raw is None:
             raise ResultTimeout(f"no result for job {self.job_id} within {timeout}s")
-        return self.result_from(self._app.backend.decode_result(raw).get("result"))
+        decode = self._decode or decode_with(self._app.backend)
+        return self.result_from(decode(raw))
 
     def result_from(self, value: Any) -> InferenceResult:
         """The ``InferenceResult`` for the task's stored return value."""

@@ -29,7 +29,8 @@ from producer.client import FrameProducer
 from producer.frame_handle import FrameHandle
 from producer.gateway_edge import GatewayMetrics
 from producer.gateway_errors import ApiError, from_framepool
-from producer.gateway_results import ResultWaiter, decode_with
+from producer.gateway_results import ResultWaiter
+from producer.result_wait import decode_with
 
 log = get_logger(__name__)
 
@@ -128,7 +129,8 @@ class GatewayJobs:
         if state in states.READY_STATES:
             meta = record or {"model_id": "unknown"}
             cid = str(meta.get("correlation_id") or job_id)
-            handle = FrameHandle(self.producer.app, job_id, cid, meta, None, self.producer.results)
+            handle = FrameHandle(self.producer.app, job_id, cid, meta, None,
+                                 self.producer.results, self._decode)  # fmt: skip
             return handle.get(timeout=_READ_RESULT_S).model_dump(mode="json")
         if record is None:
             raise ApiError(

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
-from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -89,13 +87,3 @@ class ResultWaiter:
             for fut in self.waiting.get(key, []):
                 if not fut.done():
                     fut.set_result(msg["data"])
-
-
-def decode_with(backend: Any) -> Callable[[bytes], Any]:
-    """The task's return value (or its exception) from a stored Celery result."""
-
-    def decode(raw: bytes) -> Any:
-        meta = backend.decode_result(raw)
-        return meta.get("result")
-
-    return decode

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -138,6 +139,19 @@ class ResultListener:
                 if not slot.done.is_set():
                     slot.raw = msg["data"]
                     slot.done.set()
+
+
+def decode_with(backend: Any) -> Callable[[bytes], Any]:
+    """The task's return value (or its exception) from a stored Celery result.
+
+    Take the backend once, in one thread: Celery's ``app.backend`` is a new backend
+    (its own connection pool) in every thread that first asks for it, ~2 ms each."""
+
+    def decode(raw: bytes) -> Any:
+        meta = backend.decode_result(raw)
+        return meta.get("result")
+
+    return decode
 
 
 def _left(deadline: float | None) -> float | None:

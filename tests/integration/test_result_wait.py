@@ -66,6 +66,32 @@ def test_many_threads_each_get_their_own_result(settings: Settings) -> None:
             assert r.job_id == j and r.seq == int(j.split("-")[1])
 
 
+def test_reader_threads_share_the_producers_result_decoder(settings: Settings) -> None:
+    """Celery's Redis backend is per thread (``app.backend`` makes one, with its own
+    connection pool, in each thread that asks): ~2 ms on a reader thread's first
+    result. The producer's handles decode with the backend it took once."""
+    import numpy as np
+
+    from framepool.codec import encode_jpeg
+
+    client = redis.Redis.from_url(settings.redis_url)
+    with FrameProducer(settings) as p:
+        h = p.submit("noop", encode_jpeg(np.zeros((8, 8, 3), np.uint8)))
+        made: list[str] = []
+        real = p.app._get_backend
+
+        def spy() -> object:
+            made.append(threading.current_thread().name)
+            return real()
+
+        p.app._get_backend = spy  # type: ignore[method-assign]
+        publish(client, h.job_id)
+        with ThreadPoolExecutor(2, thread_name_prefix="reader") as pool:  # new threads
+            got = pool.submit(h.get, 10).result()
+        assert got.job_id == h.job_id and got.ok
+        assert made == []
+
+
 def test_a_crashed_task_becomes_an_error_result(settings: Settings) -> None:
     client = redis.Redis.from_url(settings.redis_url)
     failure = {
