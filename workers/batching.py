@@ -9,7 +9,10 @@
   ``timeout_s`` after the first frame: a lone frame with nothing else queued
   runs at once;
 - frames whose deadline has passed by the time the batch is formed are split
-  out as expired and never reach the model.
+  out as expired and never reach the model;
+- a :class:`Chore` on the queue is run at once by the collecting thread, and is
+  not part of the batch: the worker hands a frame's intake to an idle model's
+  runner this way, and the frame that the chore queues joins the batch.
 
 It is called again as soon as the model is free, so under load frames pile up
 while a batch runs and the next batch is formed from all of them at once.
@@ -32,6 +35,15 @@ class HasDeadline(Protocol):
 T = TypeVar("T", bound=HasDeadline)
 
 STOP = object()  # put this on the queue to end the loop
+
+
+class Chore:
+    """Work for the collecting thread itself: run when read, never batched."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        self.fn = fn
 
 
 @dataclass(slots=True)
@@ -64,6 +76,9 @@ def collect_batch(
     if max_batch_size < 1:
         raise ValueError("max_batch_size must be >= 1")
     first = q.get()
+    while isinstance(first, Chore):
+        first.fn()
+        first = q.get()
     if first is STOP:
         return None
     items: list[T] = [first]  # type: ignore[list-item]
@@ -83,6 +98,9 @@ def collect_batch(
         if nxt is STOP:
             stopping = True
             break
+        if isinstance(nxt, Chore):
+            nxt.fn()  # the frame it queues is read on the next turn
+            continue
         items.append(nxt)  # type: ignore[arg-type]
     if stopping:
         q.put(STOP)  # finish this batch, stop on the next call

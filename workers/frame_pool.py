@@ -72,6 +72,11 @@ class FramePool(TaskPool):
             accept_callback(os.getpid(), monotonic())  # task-started, the worker's active set
         with self._busy:
             self._frames += 1
+        runner = self.runtime.runners.get(_model_of(args[2]) or "")
+        if runner is not None:
+            done: Future[None] = Future()
+            if runner.run_here(partial(self._start, args, callback, monotonic(), done)):
+                return ApplyResult(done)
         return ApplyResult(self.executor.submit(self._start, args, callback, monotonic()))
 
     def on_stop(self) -> None:
@@ -83,8 +88,19 @@ class FramePool(TaskPool):
         super().on_stop()
 
     # --------------------------------------------------------------- one frame
-    def _start(self, args: tuple[Any, ...], callback: Any, t0: float) -> None:
-        """Decode the message and hand its frame to the runtime (in a pool thread)."""
+    def _start(
+        self, args: tuple[Any, ...], callback: Any, t0: float, done: Future[None] | None = None
+    ) -> None:
+        """Decode the message and hand its frame to the runtime (in a pool thread, or in
+        the model's runner thread when the model had nothing to do: ``done`` is then
+        the pool's record of the call)."""
+        try:
+            self._intake(args, callback, t0)
+        finally:
+            if done is not None:
+                done.set_result(None)
+
+    def _intake(self, args: tuple[Any, ...], callback: Any, t0: float) -> None:
         runtime = self.runtime
         assert runtime is not None
         _, job_id, request, body, content_type, encoding = args
@@ -159,3 +175,10 @@ class FramePool(TaskPool):
         with self._busy:
             self._frames -= 1
             self._busy.notify_all()
+
+
+def _model_of(request: Any) -> str | None:
+    """The model whose queue the message came from (its routing key), or None."""
+    info = request.get("delivery_info") if isinstance(request, dict) else None
+    key = info.get("routing_key") if isinstance(info, dict) else None
+    return keys.model_from_queue(key) if isinstance(key, str) else None

@@ -37,7 +37,7 @@ from framepool.errors import BadFrame, DeviceLost, ResultNotStored
 from framepool.log import get_logger
 from framepool.schemas import Status
 from models.base import Model
-from workers.batching import STOP, Batch, collect_batch
+from workers.batching import STOP, Batch, Chore, collect_batch
 from workers.inference import BatchInference
 from workers.lifecycle import ModelHealth
 from workers.oom import BatchCap
@@ -109,6 +109,7 @@ class ModelRunner:
         self.fatal: BaseException | None = None
         self.draining: BaseException | None = None  # set by drain(): refuse new frames
         self.in_flight = 0  # submitted and not yet resolved
+        self._chore_queued = False  # a frame's intake handed to this thread (run_here)
         self._lock = threading.Lock()
         self._q: queue.Queue[FrameJob | object] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name=f"runner-{model.id}", daemon=True)
@@ -148,6 +149,28 @@ class ModelRunner:
         self._q.put(job)
         return job.future
 
+    def run_here(self, intake: Callable[[], object]) -> bool:
+        """Run a frame's ``intake`` on the runner's own thread when the model has nothing
+        to do (no frame queued, in a batch or being written): its batch then starts
+        without a hand-off between threads, as a direct call's would. False when busy
+        (the caller runs it in a thread of its own, so it overlaps the batch)."""
+        with self._lock:
+            if (self.in_flight or self._chore_queued or self.fatal is not None
+                    or self.draining is not None):  # fmt: skip
+                return False
+            self._chore_queued = True
+        self._q.put(Chore(lambda: self._chore(intake)))
+        return True
+
+    def _chore(self, intake: Callable[[], object]) -> None:
+        try:
+            intake()
+        except Exception:  # the intake answers its own frame; never end the loop
+            log.exception("runner_intake_error", model_id=self.model.id)
+        finally:
+            with self._lock:
+                self._chore_queued = False
+
     def drain(self, exc: BaseException) -> list[FrameJob]:
         """Stop taking frames (the worker is stopping): every later ``submit`` fails with
         ``exc``, and the frames not yet in a batch are taken out and returned; the caller
@@ -173,6 +196,8 @@ class ModelRunner:
                 return waiting, stop
             if isinstance(item, FrameJob):
                 waiting.append(item)
+            elif isinstance(item, Chore):  # a frame's intake: it is refused, and says so
+                item.fn()
             else:
                 stop = True
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from workers.batching import STOP, collect_batch, split_expired
+from workers.batching import STOP, Chore, collect_batch, split_expired
 
 
 @dataclass
@@ -96,6 +96,41 @@ def test_stop_sentinel_drains_what_is_queued_then_ends() -> None:
 
 def test_stop_on_an_empty_queue() -> None:
     assert collect_batch(filled(STOP), max_batch_size=2, timeout_s=1.0) is None
+
+
+def test_a_chore_is_run_by_the_collecting_thread_and_the_frame_it_queues_is_batched() -> None:
+    q = SpyQueue()
+    ran_in: list[str] = []
+
+    def intake() -> None:  # what the worker hands an idle runner: a frame's intake
+        ran_in.append(threading.current_thread().name)
+        q.put(Item(7))
+
+    q.put(Chore(intake))
+    box: list[object] = []
+    t = threading.Thread(target=lambda: box.append(
+        collect_batch(q, max_batch_size=8, timeout_s=30.0)), name="collector")  # fmt: skip
+    t.start()
+    t.join(5)
+    batch = box[0]
+    assert ran_in == ["collector"]
+    assert batch is not None and [i.n for i in batch.items] == [7]  # type: ignore[attr-defined]
+    assert q.timed_waits == []
+
+
+def test_a_chore_read_while_a_batch_forms_runs_there_and_is_not_batched() -> None:
+    q = filled(Item(1))
+    q.put(Chore(lambda: q.put(Item(2))))
+    q.put(Item(3))
+    batch = collect_batch(q, max_batch_size=8, timeout_s=0.0)
+    assert batch is not None and [i.n for i in batch.items] == [1, 3, 2]
+    assert q.empty()
+
+
+def test_a_chore_that_queues_nothing_leaves_the_collector_waiting_for_a_frame() -> None:
+    q = filled(Chore(lambda: None), Chore(lambda: None), Item(5))
+    batch = collect_batch(q, max_batch_size=8, timeout_s=0.0)
+    assert batch is not None and [i.n for i in batch.items] == [5]
 
 
 def test_split_expired_keeps_order_and_frames_without_deadline() -> None:

@@ -17,10 +17,31 @@ from framepool.errors import DeviceLost
 from workers.frame_pool import FramePool
 
 
+class IdleRunner:
+    """A model's runner with nothing to do: it runs a frame's intake on its thread."""
+
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+
+    def run_here(self, intake: Any) -> bool:
+        def run() -> None:
+            self.threads.append(threading.current_thread().name)
+            intake()
+
+        threading.Thread(target=run, name="runner-noop").start()
+        return True
+
+
+class BusyRunner:
+    def run_here(self, intake: Any) -> bool:
+        return False
+
+
 class FakeRuntime:
     name = "w1"
 
     def __init__(self) -> None:
+        self.runners: dict[str, Any] = {}
         self.started: list[tuple[str, str, Any, bool]] = []
         self.futures: dict[str, Future[dict[str, Any]]] = {}
         self.written: set[str] = set()
@@ -50,7 +71,8 @@ def _result(job_id: str, cid: str) -> dict[str, Any]:
 def _args(job_id: str, cid: str = "cam1:7", task: str = keys.INFER_TASK,
           redelivered: bool = False) -> tuple[Any, ...]:  # fmt: skip
     ctype, enc, body = dumps(((None, {"model_id": "noop"}), {}, {}), serializer="msgpack")
-    request = {"correlation_id": cid, "delivery_info": {"redelivered": redelivered}}
+    info = {"redelivered": redelivered, "routing_key": keys.queue_name("noop")}
+    request = {"correlation_id": cid, "delivery_info": info}
     return (task, job_id, request, body, ctype, enc)
 
 
@@ -171,3 +193,35 @@ def test_a_redelivered_frame_already_written_is_answered_from_the_store(pool: An
     assert c.event.wait(5)
     assert c.done[0][0] == 0 and "cid=c" in c.done[0][1]
     assert not pool.fake.started  # not run a second time
+
+
+def test_an_idle_models_runner_takes_the_frames_intake_itself(pool: Any) -> None:
+    runner = pool.fake.runners["noop"] = IdleRunner()
+    c = Calls()
+    applied = pool.on_apply(None, _args("j9"), callback=c.callback, accept_callback=c.accept)
+    _wait(lambda: "j9" in pool.fake.futures)
+    assert runner.threads == ["runner-noop"]  # no pool thread woken for it
+    applied.wait(5)
+    assert applied.f.done()  # the pool's record of the call is complete
+    pool.fake.futures["j9"].set_result(_result("j9", "cam1:7"))
+    assert c.event.wait(5) and c.done[0][0] == 0
+    assert pool._frames == 0
+
+
+def test_a_busy_runner_leaves_the_intake_to_a_pool_thread(pool: Any) -> None:
+    pool.fake.runners["noop"] = BusyRunner()
+    c = Calls()
+    pool.on_apply(None, _args("j10"), callback=c.callback, accept_callback=c.accept)
+    _wait(lambda: "j10" in pool.fake.futures)
+    assert pool.fake.started[0][0] == "j10"
+    pool.fake.futures["j10"].set_result(_result("j10", "cam1:7"))
+    assert c.event.wait(5) and c.done[0][0] == 0
+
+
+def test_the_model_of_a_message_is_its_queues() -> None:
+    from workers.frame_pool import _model_of
+
+    assert _model_of({"delivery_info": {"routing_key": keys.queue_name("resnet18")}}) == "resnet18"
+    assert _model_of({"delivery_info": {"routing_key": "celery"}}) is None
+    assert _model_of({"delivery_info": None}) is None
+    assert _model_of({}) is None

@@ -310,3 +310,68 @@ def test_stop_writes_out_every_finished_batch() -> None:
     runner.stop()
     assert written == ["j0", "j1", "j2", "j3"]
     assert all(j.future.done() for j in jobs)
+
+
+def _runner(**kw: Any) -> ModelRunner:
+    return ModelRunner(Doubler(), Origin("w1", "cpu", "1"), max_batch_size=8, timeout_s=0.0,
+                       finish=lambda done: None, **kw)  # fmt: skip
+
+
+def test_an_idle_runner_runs_a_frames_intake_on_its_own_thread_then_its_batch() -> None:
+    runner = _runner()
+    runner.start()
+    seen: list[str] = []
+    j = job(0, 3.0)
+
+    def intake() -> None:  # as the frame pool's: decode, then submit to the runner
+        seen.append(threading.current_thread().name)
+        runner.submit(j)
+
+    try:
+        assert runner.run_here(intake)
+        assert j.future.result(10)["outputs"]["value"] == 6.0
+    finally:
+        runner.stop()
+    assert seen == ["runner-dbl"]
+    assert runner.in_flight == 0
+
+
+def test_a_busy_runner_declines_the_intake_so_it_overlaps_the_batch() -> None:
+    runner = _runner()  # not started: the submitted frame stays in flight
+    runner.submit(job(0, 1.0))
+    assert runner.in_flight == 1
+    assert not runner.run_here(lambda: None)
+
+
+def test_one_intake_at_a_time_is_handed_to_the_runner() -> None:
+    runner = _runner()  # not started: the first intake stays queued
+    assert runner.run_here(lambda: None)
+    assert not runner.run_here(lambda: None)  # a second frame meanwhile: a pool thread
+
+
+def test_an_intake_that_raises_does_not_end_the_runner() -> None:
+    runner = _runner()
+    runner.start()
+
+    def broken() -> None:
+        raise RuntimeError("a bug in the intake")
+
+    try:
+        assert runner.run_here(broken)
+        j = job(1, 2.0)
+        deadline = time.monotonic() + 5
+        while not runner.run_here(lambda: runner.submit(j)):  # free again once it ran
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert j.future.result(10)["outputs"]["value"] == 4.0
+    finally:
+        runner.stop()
+
+
+def test_an_intake_queued_when_the_runner_drains_is_run_and_refused() -> None:
+    runner = _runner()  # not started: the intake is still queued when the drain comes
+    j = job(0, 1.0)
+    assert runner.run_here(lambda: runner.submit(j))
+    assert runner.drain(RuntimeError("stopping")) == []
+    assert isinstance(j.future.exception(1), RuntimeError)  # answered, not left waiting
+    assert not runner.run_here(lambda: None)  # and no more once draining
