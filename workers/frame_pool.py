@@ -4,7 +4,9 @@ Celery's thread pool runs each task in a thread of its own through ``trace_task`
 (signals, the request context, the result's repr, the error handling), and the
 frame task then blocks that thread until its batch has run. Here the pool (Celery
 lets a worker choose its pool class) runs a frame itself: a pool thread decodes
-the message and hands the frame to the runtime, and returns; when the frame's
+the message and hands the frame to the runtime, and returns (when the frame's model
+has nothing to do, its runner thread does this instead, and runs the frame's batch
+right after: no thread is woken between its decode and its batch); when the frame's
 result has been written, the runner's future calls Celery's callbacks, as a
 traced task would. Celery's request, its task events, its worker state and its
 acks stay as they are. Other tasks go through Celery's thread pool as before.

@@ -1,7 +1,9 @@
 """A frame's way in: checked, read, decoded and preprocessed, then handed to its model's runner.
 
-:class:`FrameIntake` runs in the Celery task's own thread (the runtime has bound
-the frame's ids to the log context): it checks the message and the deadline,
+:class:`FrameIntake` runs in a thread of the frame pool (``workers/frame_pool.py``),
+or in the model's runner thread when the model has nothing to do
+(``ModelRunner.run_here``); the runtime has bound the frame's ids to the log
+context. It checks the message and the deadline,
 reads a claim-checked frame's bytes (prefetched with its message by the
 consumer, else from Redis), decodes the frame (or only reads its header, when
 the model decodes JPEG on the GPU) and preprocesses it, so decoding overlaps

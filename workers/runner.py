@@ -1,8 +1,10 @@
 """One thread per model: forms batches with the batching policy, runs the model,
 and hands each frame its own result.
 
-Frames arrive already decoded and preprocessed (in the Celery task's thread),
-so decode of the next frames overlaps the model's forward pass; and a batch's
+Frames arrive already decoded and preprocessed (in the frame pool's threads),
+so decode of the next frames overlaps the model's forward pass; when the model
+has nothing to do, the runner decodes the frame itself (:meth:`ModelRunner.run_here`),
+and its batch starts without a hand-off between threads. A batch's
 results are written out by a second thread (``results-<model>``), in batch
 order, while the next batch runs. When no frame waits for the next batch and no
 write is pending, the runner writes the batch itself: a lone frame's result
