@@ -7,7 +7,10 @@ frame): PING; GET and SET of a 640x480 JPEG (~72 KB); the consumer's call after
 BRPOP (``framepool.broker.POP_MANY`` with one message and its claim-checked frame);
 and ``FrameProducer.submit`` of one frame (its one round trip, ``producer/enqueue.py``,
 and the work around it). docs/benchmarks.md quotes it (*What a frame's time is
-made of*): on a VM an idle core takes time to wake.
+made of*): on a VM an idle core takes time to wake. One case is no round trip:
+what a thread's first ``app.backend`` costs (Celery builds a Redis result backend
+per thread; a reader thread of ``FrameProducer`` no longer pays it,
+``producer.result_wait.decode_with``).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ def measure(sb: Any, calls: int) -> dict[str, Any]:
         "call after BRPOP": lambda: client.evalsha(sha, 3, "rt:q", "rt:unacked", "rt:index", 0,
                                                    time.time(), keys.frame_data(""), message),
         "FrameProducer.submit": submit,
+        "Celery backend built": producer.app._get_backend,  # a thread's first app.backend
     }  # fmt: skip
     out: dict[str, Any] = {}
     try:
