@@ -22,7 +22,10 @@ result's own stamps and the client's (one host, one clock):
 
 For each hop it gives p50 / p99, and the part of it during which no worker ran a
 forward pass (*idle*, as ``peers_stats.model_idle_ms``); then the same for the
-frames whose model-idle time is at or over its p95: what the tail is made of.
+frames whose model-idle time is at or over its p95: what the tail is made of. And
+the quiet before each frame (*gap*: ms since the frame sent just before it, from
+any camera): how long it was for the tail's frames, against all frames, and how
+many of the tail's had no frame sent in the :data:`QUIET_MS` before them.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from bisect import bisect_left
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +49,7 @@ MODEL = "resnet18"
 HOPS = ("send", "queue", "decode", "preprocess", "handoff", "batch_wait", "forward",
         "post", "back")  # fmt: skip
 TAIL_Q = 95  # the tail: frames whose model-idle time is at or over this percentile
+QUIET_MS = 20.0  # a frame with no other sent this long before it came after a quiet gap
 
 
 def hops(r: InferenceResult, sent: float, read: float) -> list[tuple[str, float, float]]:
@@ -73,11 +78,16 @@ def idle_part(a: float, b: float, busy: Sequence[tuple[float, float]]) -> float:
 
 def parts(frames: Sequence[tuple[InferenceResult, float, float]]) -> list[dict[str, float]]:
     """Per frame ``(result, sent, read)``: each hop's ms, and ``<hop>_idle`` ms of it
-    while no worker ran a forward pass; ``total`` and ``idle`` over all hops."""
+    while no worker ran a forward pass; ``total`` and ``idle`` over all hops; ``gap``,
+    ms since the frame sent before it (none for the first frame sent)."""
     busy = merged_spans({forward_span(r) for r, _, _ in frames})
+    sends = sorted(sent for _, sent, _ in frames)
     out = []
     for r, sent, read in frames:
         row: dict[str, float] = {}
+        i = bisect_left(sends, sent)
+        if i > 0:
+            row["gap"] = (sent - sends[i - 1]) * 1000.0
         for name, a, b in hops(r, sent, read):
             row[name] = (b - a) * 1000.0
             row[f"{name}_idle"] = idle_part(a, b, busy) * 1000.0
@@ -94,6 +104,16 @@ def summary(rows: Sequence[dict[str, float]], tail_q: float = TAIL_Q) -> dict[st
     cut = percentile([r["idle"] for r in rows], tail_q)
     tail = [r for r in rows if r["idle"] >= cut]
     out: dict[str, Any] = {"frames": len(rows), "tail_frames": len(tail), "tail_cut_ms": cut}
+    gaps = [r["gap"] for r in rows if "gap" in r]
+    tail_gaps = [r["gap"] for r in tail if "gap" in r]
+    if gaps and tail_gaps:
+        out["gap"] = {
+            "p50": round(percentile(gaps, 50), 3),
+            "tail_p50": round(percentile(tail_gaps, 50), 3),
+            "tail_min": round(min(tail_gaps), 3),
+            "tail_quiet": sum(g >= QUIET_MS for g in tail_gaps),
+            "tail_with_gap": len(tail_gaps),
+        }
     for key in (*HOPS, "total"):
         for suffix in ("", "_idle"):
             k = f"{key}{suffix}" if key != "total" or not suffix else "idle"
@@ -115,6 +135,11 @@ def print_summary(s: dict[str, Any]) -> None:
         a, b = s[key], s["idle" if key == "total" else f"{key}_idle"]
         print(f"{key:12s} {a['p50']:7.2f} {a['p99']:7.2f} {a['tail_mean']:7.2f} | "
               f"{b['p50']:8.2f} {b['p99']:8.2f} {b['tail_mean']:7.2f}")  # fmt: skip
+    g = s.get("gap")
+    if g:
+        print(f"gap before a frame (ms since the one sent before it): p50 {g['p50']:.1f}; "
+              f"tail p50 {g['tail_p50']:.1f}, min {g['tail_min']:.1f}; tail frames with none "
+              f"sent in the {QUIET_MS:.0f} ms before: {g['tail_quiet']} of {g['tail_with_gap']}")  # fmt: skip
 
 
 def measure(sb: Any, workers: int, fps: float, frames: int, out: Path | None) -> dict[str, Any]:

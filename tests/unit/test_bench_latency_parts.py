@@ -54,6 +54,23 @@ def test_a_frame_that_waits_for_another_workers_batch_loses_nothing_while_it_run
     assert row["idle"] == pytest.approx(102.0)  # handoff 100, post 1, back 1
 
 
+def test_each_frame_knows_the_quiet_before_it_and_the_tail_reports_it() -> None:
+    sends = [0.0, 0.005, 0.050, 0.052]  # in ms: 0, 5, 50, 52; given out of order
+    frames = [(_result(s + 0.001, forward_at=s + 0.010, worker=f"w{i}"), s, s + 0.1)
+              for i, s in enumerate(sends)]  # fmt: skip
+    rows = parts(frames[::-1])[::-1]
+    assert "gap" not in rows[0]  # the first frame sent has no frame before it
+    assert [r["gap"] for r in rows[1:]] == pytest.approx([5.0, 45.0, 2.0])
+    # the tail (by model idle): the frame after 45 ms of quiet, and one after 25
+    base = {**{h: 1.0 for h in HOPS}, **{f"{h}_idle": 0.0 for h in HOPS}, "total": 9.0}
+    table = [{**base, "idle": float(i), "gap": 3.0} for i in range(18)]
+    table += [{**base, "idle": 30.0, "gap": 45.0}, {**base, "idle": 31.0, "gap": 19.0}]
+    s = summary(table, tail_q=90)
+    assert s["tail_frames"] == 2
+    assert s["gap"] == {"p50": pytest.approx(3.0), "tail_p50": pytest.approx(32.0),
+                        "tail_min": pytest.approx(19.0), "tail_quiet": 1, "tail_with_gap": 2}  # fmt: skip
+
+
 def test_summary_takes_the_tail_by_model_idle_time() -> None:
     rows = [{**{h: 1.0 for h in HOPS}, **{f"{h}_idle": 0.0 for h in HOPS}, "total": 9.0,
              "idle": float(i)} for i in range(100)]  # fmt: skip
