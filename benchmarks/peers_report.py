@@ -382,14 +382,8 @@ def intro() -> str:
 
 def update_docs(report: dict[str, Any], path: Path = DOCS) -> None:
     """Replace the latest-run block and append a row to the history table."""
-    update_doc_section(
-        path,
-        (BEGIN, END, HIST_BEGIN, HIST_END),
-        intro(),
-        latest_block(report),
-        HIST_HEADER,
-        history_row(report),
-    )
+    marks = (BEGIN, END, HIST_BEGIN, HIST_END)
+    update_doc_section(path, marks, intro(), latest_block(report), HIST_HEADER, history_row(report))
 
 
 def print_summary(report: dict[str, Any]) -> None:

@@ -43,6 +43,7 @@ class FakeRuntime:
     def __init__(self) -> None:
         self.runners: dict[str, Any] = {}
         self.started: list[tuple[str, str, Any, bool]] = []
+        self.threads: list[str] = []  # the thread that started each frame
         self.futures: dict[str, Future[dict[str, Any]]] = {}
         self.written: set[str] = set()
         self.raises: BaseException | None = None
@@ -52,6 +53,7 @@ class FakeRuntime:
         if self.raises is not None:
             raise self.raises
         self.started.append((job_id, cid, meta, redelivered))
+        self.threads.append(threading.current_thread().name)
         fut: Future[dict[str, Any]] = Future()
         self.futures[job_id] = fut
         return fut
@@ -201,6 +203,7 @@ def test_an_idle_models_runner_takes_the_frames_intake_itself(pool: Any) -> None
     applied = pool.on_apply(None, _args("j9"), callback=c.callback, accept_callback=c.accept)
     _wait(lambda: "j9" in pool.fake.futures)
     assert runner.threads == ["runner-noop"]  # no pool thread woken for it
+    assert pool.fake.threads == ["runner-noop"]
     applied.wait(5)
     assert applied.f.done()  # the pool's record of the call is complete
     pool.fake.futures["j9"].set_result(_result("j9", "cam1:7"))
@@ -214,6 +217,8 @@ def test_a_busy_runner_leaves_the_intake_to_a_pool_thread(pool: Any) -> None:
     pool.on_apply(None, _args("j10"), callback=c.callback, accept_callback=c.accept)
     _wait(lambda: "j10" in pool.fake.futures)
     assert pool.fake.started[0][0] == "j10"
+    [thread] = pool.fake.threads  # one of Celery's pool threads, beside the busy model
+    assert thread.startswith("ThreadPoolExecutor") and thread != threading.current_thread().name
     pool.fake.futures["j10"].set_result(_result("j10", "cam1:7"))
     assert c.event.wait(5) and c.done[0][0] == 0
 
