@@ -43,7 +43,7 @@ load: $(STAMP)
 
 # the fault matrix (docs/reliability.md): its tests, then their figures into the doc
 faults: $(STAMP)
-	FRAMEPOOL_LONG=1 $(BIN)/python -m pytest -q -ra tests/integration/test_faults.py tests/integration/test_model_runtime.py tests/integration/test_deadlines.py
+	FRAMEPOOL_LONG=1 $(BIN)/python -m pytest -q -ra tests/integration/test_faults.py tests/integration/test_faults_redis.py tests/integration/test_model_runtime.py tests/integration/test_deadlines.py
 	$(BIN)/python -m benchmarks.reliability_report
 
 clean:

@@ -1,7 +1,8 @@
 """The fault matrix's measured figures into docs/reliability.md.
 
-``tests/integration/test_faults.py`` (and the other tests named below) record
-each row's figures under tests/artifacts/faults/ (``tests.faults.record``).
+``tests/integration/test_faults.py`` and ``test_faults_redis.py`` (and the other
+tests named below) record each row's figures under tests/artifacts/faults/
+(``tests.faults.record``).
 ``make faults`` runs them and then this module, which rewrites the matrix
 between its markers in docs/reliability.md; nothing else in that file changes.
 """
@@ -27,8 +28,8 @@ ROWS: dict[int, tuple[str, str]] = {
     3: ("poison frame", "test_faults.py::test_poison_frame_is_dead_lettered_and_the_others_complete"),
     4: ("batch outlives the visibility timeout", "test_faults.py::test_a_batch_longer_than_the_visibility_timeout_is_written_once"),
     5: ("SIGTERM", "test_faults.py::test_sigterm_gives_unfinished_frames_back_at_once; test_supervisor.py (drain)"),
-    6: ("Redis killed and restarted", "test_faults.py::test_redis_killed_and_restarted_loses_no_accepted_frame"),
-    7: ("Redis away for 5 s", "test_faults.py::test_redis_paused_while_producing_nothing_hangs"),
+    6: ("Redis killed and restarted", "test_faults_redis.py::test_redis_killed_and_restarted_loses_no_accepted_frame"),
+    7: ("Redis away for 5 s", "test_faults_redis.py::test_redis_paused_while_producing_nothing_hangs"),
     8: ("overload", "test_faults.py::test_overload_refuses_exactly_the_excess_and_bounds_redis"),
     9: ("stale frames", "test_deadlines.py; test_live_frames.py (superseded)"),
     10: ("GPU out of memory", "test_model_runtime.py::test_oom_above_batch_k_still_answers_every_frame"),

@@ -32,6 +32,15 @@ OK, OOM, STICKY, SLOW, KILL, RAISE = 0, 10, 20, 30, 40, 50
 T = TypeVar("T")
 
 
+#: short enough that a lost frame comes back within seconds
+VT = "2"
+
+
+def worker_env(**extra: str) -> dict[str, str]:
+    """A fault test's worker: the fixture zoo, a visibility timeout of :data:`VT`."""
+    return {"MODELS_ROOT": str(FIXTURE_ZOO), "VISIBILITY_TIMEOUT_SECONDS": VT, **extra}
+
+
 def cmd_frame(cmd: int, arg: int = 0) -> bytes:
     """A 32x32 PNG whose top-left pixel carries the command for ``faulty``."""
     img = np.full((32, 32, 3), 128, np.uint8)
