@@ -7,9 +7,11 @@ frame): PING; GET and SET of a 640x480 JPEG (~72 KB); the consumer's call after
 BRPOP (``framepool.broker.POP_MANY`` with one message and its claim-checked frame);
 and ``FrameProducer.submit`` of one frame (its one round trip, ``producer/enqueue.py``,
 and the work around it). docs/benchmarks.md quotes it (*What a frame's time is
-made of*): on a VM an idle core takes time to wake. One case is no round trip:
-what a thread's first ``app.backend`` costs (Celery builds a Redis result backend
-per thread; a reader thread of ``FrameProducer`` no longer pays it,
+made of*): on a VM an idle core takes time to wake. Two cases are no round trip:
+a frame's message built, its checks included (``FrameProducer._prepare``, then
+``producer.messages.FrameMessages.build`` from the message kept for its queue);
+and what a thread's first ``app.backend`` costs (Celery builds a Redis result
+backend per thread; a reader thread of ``FrameProducer`` no longer pays it,
 ``producer.result_wait.decode_with``).
 """
 
@@ -66,6 +68,10 @@ def measure(sb: Any, calls: int) -> dict[str, Any]:
         "call after BRPOP": lambda: client.evalsha(sha, 3, "rt:q", "rt:unacked", "rt:index", 0,
                                                    time.time(), keys.frame_data(""), message),
         "FrameProducer.submit": submit,
+        # no round trip: the message of one frame (producer/messages.py), kept one filled in
+        "frame message built": lambda: producer._messages.build(
+            [producer._prepare("resnet18", jpeg)], True
+        ),
         "Celery backend built": producer.app._get_backend,  # a thread's first app.backend
     }  # fmt: skip
     out: dict[str, Any] = {}

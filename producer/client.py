@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import redis
 from celery import Celery
-from kombu.exceptions import OperationalError
 
 from framepool import codec, correlation, keys
-from framepool.broker import captured_publishes
 from framepool.celery_app import create_app
 from framepool.errors import BadInput, BrokerUnavailable, QueueFull, UnknownModel
 from framepool.manifest import discover
@@ -33,18 +30,10 @@ from framepool.schemas import FrameMeta
 from framepool.settings import Settings, get_settings
 from producer.enqueue import Enqueuer, Outgoing
 from producer.frame_handle import FrameHandle
+from producer.messages import FrameMessages, Prepared
 from producer.result_wait import ResultListener, decode_with
 
 _SERVED_CACHE_SECONDS = 2.0
-
-
-@dataclass(slots=True)
-class _Prepared:
-    data: bytes
-    meta: FrameMeta
-    job_id: str
-    correlation_id: str
-    argsrepr: str
 
 
 class FrameProducer:
@@ -62,6 +51,7 @@ class FrameProducer:
             redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=5)
         )
         self._decode = decode_with(self.app.backend)  # one backend, not one per thread
+        self._messages = FrameMessages(self.app)
         self._catalog = set(discover(self.settings.models_root)[0])
         self._served: set[str] = set()
         self._served_at = 0.0
@@ -156,7 +146,7 @@ class FrameProducer:
         deadline_ms: float | None = None,
         callback_url: str | None = None,
         latest_wins: bool | None = None,
-    ) -> _Prepared:
+    ) -> Prepared:
         if not isinstance(model_id, str) or not model_id:
             raise BadInput("model_id must be a non-empty string")
         self._check_model(model_id)
@@ -195,7 +185,7 @@ class FrameProducer:
         }
         argsrepr = f"frame<{info.describe()}> model={model_id} cam={camera_id} seq={seq} cid={cid}"
         data = frame if isinstance(frame, bytes) else bytes(frame)
-        return _Prepared(data, meta, correlation.new_id(), cid, argsrepr)
+        return Prepared(data, meta, correlation.new_id(), cid, argsrepr)
 
     def _depths(self, model_ids: Iterable[str]) -> dict[str, int]:
         """Each model's queued frames (all priority lists), in one round trip."""
@@ -211,7 +201,7 @@ class FrameProducer:
         per = len(keys.queue_lists(ids[0])) if ids else 0
         return {m: sum(counts[i * per : (i + 1) * per]) for i, m in enumerate(ids)}
 
-    def _send_all(self, items: list[_Prepared]) -> list[FrameHandle]:
+    def _send_all(self, items: list[Prepared]) -> list[FrameHandle]:
         """Build each frame's message, then enqueue them all in one round trip
         (``producer/enqueue.py``): a frame past its queue's capacity gets a refused
         handle (``QueueFull``), raised under the ``reject`` policy."""
@@ -219,7 +209,7 @@ class FrameProducer:
             return []
         s = self.settings
         claim = s.frame_claim_check
-        messages = self._messages(items, claim)
+        messages = self._messages.build(items, claim)
         outgoing = [
             Outgoing(
                 item.meta["model_id"],
@@ -252,49 +242,8 @@ class FrameProducer:
             raise first
         return handles
 
-    def _messages(self, items: list[_Prepared], claim: bool) -> list[tuple[str, bytes]]:
-        """Each frame's ``framepool.infer`` message as Celery and kombu build it, and the
-        list kombu would push it to, without sending it (``captured_publishes``)."""
-        try:
-            with captured_publishes() as sent, self.app.producer_or_acquire() as producer:
-                for item in items:
-                    # the deadline counts from here, as the frame's time in the queue does
-                    now = time.time()
-                    if item.meta["deadline_at"] is not None:
-                        item.meta["deadline_at"] += now - item.meta["enqueued_at"]
-                    item.meta["enqueued_at"] = now
-                    self.app.send_task(
-                        keys.INFER_TASK,
-                        # claim-checked: no bytes in the message, the worker reads
-                        # them from keys.frame_data(job_id)
-                        args=(None if claim else item.data, item.meta),
-                        task_id=item.job_id,
-                        queue=keys.queue_name(item.meta["model_id"]),
-                        headers={correlation.HEADER: item.correlation_id},
-                        correlation_id=item.correlation_id,
-                        argsrepr=item.argsrepr,
-                        kwargsrepr="{}",
-                        producer=producer,
-                        # The worker writes the result itself and FrameHandle waits on
-                        # our own listener: Celery's SUBSCRIBE to the task's result
-                        # channel (and UNSUBSCRIBE when its AsyncResult goes) would
-                        # only cost two round trips per frame.
-                        ignore_result=True,
-                        # The anonymous direct exchange LPUSHes onto the queue's list:
-                        # nothing to declare, so kombu's per-publish check is skipped.
-                        declare=(),
-                    )
-        except (redis.RedisError, OSError, OperationalError) as exc:  # kombu's channel pings
-            raise BrokerUnavailable(f"cannot enqueue: Redis unreachable: {exc}") from exc
-        if len(sent) != len(items):
-            raise RuntimeError(
-                f"{len(sent)} of {len(items)} messages reached framepool's transport: "
-                "FrameProducer needs broker_transport = framepool.broker:Transport"
-            )
-        return sent
 
-
-def _latest_key(item: _Prepared) -> str:
+def _latest_key(item: Prepared) -> str:
     """Latest-frame-wins: the key that records the camera's newest job id, else ''."""
     m = item.meta
     if m.get("latest_wins") and m["camera_id"]:
