@@ -119,6 +119,9 @@ def test_frames(
     return [encode_jpeg(cam.frame(seq).image, quality=quality) for seq in range(count)]
 
 
+test_frames.__test__ = False  # type: ignore[attr-defined]  # a helper: pytest collects it where imported
+
+
 # ---------------------------------------------------------------------- machine
 def utc_minute() -> str:
     """A report's date: now, to the minute, in UTC."""

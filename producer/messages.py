@@ -68,11 +68,12 @@ class FrameMessages:
     def build(self, items: Sequence[Prepared], claim: bool) -> list[tuple[str, bytes]]:
         """``items``' messages, in order; each frame's ``enqueued_at`` (and its deadline
         with it) stamped as its message is built."""
-        kept = self._kept if self._celery_not_needed() else {}
+        use_kept = self._celery_not_needed()
         out: list[tuple[str, bytes] | None] = []
         by_celery: list[int] = []
         for i, item in enumerate(items):
-            template = kept.get(keys.queue_name(item.meta["model_id"]))
+            queue = keys.queue_name(item.meta["model_id"])
+            template = self._kept.get(queue) if use_kept else None
             if template is None:
                 out.append(None)
                 by_celery.append(i)
@@ -83,7 +84,7 @@ class FrameMessages:
             built = self.through_celery([items[i] for i in by_celery], claim)
             for i, message in zip(by_celery, built, strict=True):
                 out[i] = message
-                if kept is self._kept:
+                if use_kept:
                     self.keep(items[i], message, claim)
         return [m for m in out if m is not None]
 
