@@ -2,15 +2,15 @@
 
 Celery's ``send_task`` builds each message through its configuration lookups,
 its publish signals, kombu's producer pool and its retry wrapper: 0.36 ms per
-frame here with the cores warm, 0.76 ms after 50 ms of quiet, on the path of
+frame here with the cores warm, 0.75 ms after 50 ms of quiet, on the path of
 every frame before it reaches Redis. Two messages of one queue differ only in
 the task's id (and its root id, the same), its ``argsrepr``, its correlation id
 (a header and a property), kombu's delivery tag and the body (the frame's meta,
 and its bytes when not claim-checked). So the first frame for a queue goes
 through Celery (captured by the transport, not sent:
 ``framepool.broker.captured_publishes``), its message is checked and kept, and the
-next ones are that message with those fields filled in (0.04 ms, 0.17 after a
-quiet gap).
+next ones are that message with those fields filled in (0.09 ms, 0.23 after a
+quiet gap; docs/benchmarks.md, the `bench peers` verdict of 06:37).
 
 Celery builds the message itself whenever a kept one would not be what it
 builds: in a Celery task (the message then names its parent and root), when
