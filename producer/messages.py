@@ -67,26 +67,22 @@ class FrameMessages:
 
     def build(self, items: Sequence[Prepared], claim: bool) -> list[tuple[str, bytes]]:
         """``items``' messages, in order; each frame's ``enqueued_at`` (and its deadline
-        with it) stamped as its message is built."""
-        use_kept = self._celery_not_needed()
-        out: list[tuple[str, bytes] | None] = []
-        by_celery: list[int] = []
-        for i, item in enumerate(items):
-            queue = keys.queue_name(item.meta["model_id"])
-            template = self._kept.get(queue) if use_kept else None
+        with it) stamped as its message is built, so in list order. The first frame
+        for a queue with no kept message goes through Celery on its own, and the
+        next ones in ``items`` are filled in from the message it left."""
+        if not self._celery_not_needed():
+            return self.through_celery(items, claim)
+        out: list[tuple[str, bytes]] = []
+        for item in items:
+            template = self._kept.get(keys.queue_name(item.meta["model_id"]))
             if template is None:
-                out.append(None)
-                by_celery.append(i)
+                [message] = self.through_celery([item], claim)
+                self.keep(item, message, claim)
             else:
                 _stamp(item)
-                out.append(fill(template, item, claim))
-        if by_celery:
-            built = self.through_celery([items[i] for i in by_celery], claim)
-            for i, message in zip(by_celery, built, strict=True):
-                out[i] = message
-                if use_kept:
-                    self.keep(items[i], message, claim)
-        return [m for m in out if m is not None]
+                message = fill(template, item, claim)
+            out.append(message)
+        return out
 
     def through_celery(self, items: Sequence[Prepared], claim: bool) -> list[tuple[str, bytes]]:
         """Each frame's message as Celery and kombu build it, and the list kombu would

@@ -137,3 +137,21 @@ def test_celery_builds_each_message_when_task_sent_events_are_on(settings: Setti
         p.app.conf.task_send_sent_event = False
         builder.build([p._prepare(MODEL, data)], True)
         assert builder.by_celery == 3
+
+
+def test_frames_are_stamped_in_list_order_when_one_queue_has_no_kept_message(
+    settings: Settings,
+) -> None:
+    data = jpeg(64, 48)
+    with FrameProducer(settings) as p:
+        builder = Counted(p.app)
+        builder.build([p._prepare(MODEL, data)], True)  # kept for shape_detector only
+        models = [MODEL, "noop", MODEL, "noop", MODEL]
+        items = [p._prepare(m, data, seq=i) for i, m in enumerate(models)]
+        messages = builder.build(items, True)
+        stamps = [item.meta["enqueued_at"] for item in items]
+        assert stamps == sorted(stamps)
+        assert builder.by_celery == 2  # the first noop frame, and the one kept before
+        assert [q for q, _ in messages] == [keys.queue_name(m) for m in models]
+        assert [json.loads(raw)["headers"]["id"] for _, raw in messages] == [
+            item.job_id for item in items]  # fmt: skip
