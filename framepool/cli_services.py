@@ -14,6 +14,12 @@ import click
 from framepool.cli_common import fail, load_settings, require_redis
 from framepool.errors import FramepoolError
 
+#: How long an idle HTTP/1.1 connection stays open. Longer than clients keep theirs
+#: (httpx 5 s, aiohttp 15 s) and than a load balancer's idle timeout (AWS ALB 60 s):
+#: with uvicorn's 5 s, a client reusing a connection just as the server closes it
+#: gets a read error (``make load`` saw one in 1500 requests); docs/gateway.md.
+KEEP_ALIVE_S = 65
+
 
 def _serve(app: Any, host: str, port: int, name: str, hint: str) -> None:
     """Run one of framepool's HTTP services under uvicorn until SIGINT/SIGTERM."""
@@ -26,6 +32,7 @@ def _serve(app: Any, host: str, port: int, name: str, hint: str) -> None:
         port=port,
         log_level="warning",
         access_log=False,
+        timeout_keep_alive=KEEP_ALIVE_S,
         timeout_graceful_shutdown=10,  # callers waiting on results do not hold a stop
     )
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import base64
 import io
+import re
+import select
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -293,3 +296,34 @@ def test_api_token_guards_the_frame_routes(start_gateway) -> None:
     assert r.status_code == 202, r.text
     for open_path in ("/health", "/metrics", "/capabilities"):
         assert gw.get(open_path).status_code == 200, open_path
+
+
+def _get_on(sock: socket.socket, path: str) -> bytes:
+    """One GET on an open connection, its whole answer read; the status line."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: gateway\r\n\r\n".encode())
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the gateway closed the connection; got {data!r}"
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = int(re.search(rb"(?im)^content-length:\s*(\d+)", head).group(1))  # type: ignore[union-attr]
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "the gateway closed the connection mid-answer"
+        body += chunk
+    return head.split(b"\r\n", 1)[0]
+
+
+def test_an_idle_connection_outlives_a_clients_keep_alive(start_gateway) -> None:
+    """httpx drops a pooled connection after 5 s idle, uvicorn's default closes it at
+    5 s: the gateway must keep it longer, or a client reusing it just then loses its
+    request (docs/gateway.md, "Connections")."""
+    gw = start_gateway()
+    host, port = gw.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        assert _get_on(sock, "/capabilities").startswith(b"HTTP/1.1 200")
+        time.sleep(httpx.Limits().keepalive_expiry + 1.5)  # type: ignore[operator]
+        readable, _, _ = select.select([sock], [], [], 0)
+        assert not readable, "the gateway closed the idle connection (or sent something)"
+        assert _get_on(sock, "/capabilities").startswith(b"HTTP/1.1 200")
