@@ -69,7 +69,8 @@ class FrameMessages:
         """``items``' messages, in order; each frame's ``enqueued_at`` (and its deadline
         with it) stamped as its message is built, so in list order. The first frame
         for a queue with no kept message goes through Celery on its own, and the
-        next ones in ``items`` are filled in from the message it left."""
+        next ones in ``items`` are filled in from the message it left (each goes
+        through Celery too where that message was not kept)."""
         if not self._celery_not_needed():
             return self.through_celery(items, claim)
         out: list[tuple[str, bytes]] = []

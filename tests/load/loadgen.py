@@ -136,9 +136,10 @@ async def _run(
     duration_s: float | None,
     rate_per_client: float | None,
 ) -> None:
-    # One client, one connection each, as cameras are. A single AsyncClient shared
-    # by 50 tasks spends ~12 ms of CPU per request in httpx's pool (encode/httpx#3215):
-    # at 50 clients the generator, not the gateway, set the pace (docs/benchmarks.md).
+    # One client, one connection each, as cameras are. With one AsyncClient shared by
+    # 50 tasks the generator spent ~12 ms of CPU per request (3 ms this way), most of
+    # it in httpx's pool (encode/httpx#3215): it, not the gateway, set the pace
+    # (docs/benchmarks.md, "The load generator was the bottleneck").
     # Made before the clock starts, as each costs milliseconds (its TLS context).
     clients = [
         httpx.AsyncClient(base_url=base_url, timeout=60, limits=httpx.Limits(max_connections=1))
