@@ -238,7 +238,11 @@ def register_callback_task(
 ) -> Task:
     """Register ``framepool.deliver_callback(url, result)`` on ``app``."""
 
-    @app.task(name=keys.CALLBACK_TASK, bind=True, ignore_result=True, acks_late=True)
+    # max_retries is the setting: Celery's retry() with max_retries=None takes the
+    # task's, 3 by default, and raised MaxRetriesExceededError (the raw URL in its
+    # message) before CALLBACK_MAX_RETRIES' last attempts and the dead letter
+    @app.task(name=keys.CALLBACK_TASK, bind=True, ignore_result=True, acks_late=True,
+              max_retries=settings.callback_max_retries)  # fmt: skip
     def deliver_callback(self: Task, url: Any, result: dict[str, Any]) -> None:
         if not isinstance(result, dict):
             result = {"result": result}
@@ -271,7 +275,7 @@ def register_callback_task(
             )
             raise self.retry(
                 countdown=delay,
-                max_retries=None,
+                max_retries=settings.callback_max_retries,
                 argsrepr=deadletters.callback_repr(url, result),  # else the raw URL shows
                 kwargsrepr="{}",
             )

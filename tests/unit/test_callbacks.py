@@ -319,6 +319,17 @@ def test_task_dead_letters_after_the_last_retry() -> None:
     assert e["url"] == "http://h.example/x?k=***" and e["payload"]["result"] == RESULT
 
 
+def test_task_makes_every_attempt_the_default_allows_then_dead_letters() -> None:
+    """Past Celery's own default of 3 retries (the task's ``max_retries``): the setting
+    is what counts, and the last failure is dead-lettered, not raised."""
+    default = Settings().callback_max_retries
+    assert default > 3
+    seen, counts, letters = run_task([500])
+    assert len(seen) == default + 1
+    assert counts == {"failed": default + 1, "retried": default, "dead_lettered": 1}
+    assert letters[0].entry["attempts"] == default + 1
+
+
 def test_task_refuses_a_non_http_url_without_sending() -> None:
     seen, counts, letters = run_task([200], url="file:///etc/passwd")
     assert seen == [] and counts == {"dead_lettered": 1}
