@@ -13,7 +13,7 @@ in Ray's own batching examples). It is driven two ways:
 - *handle*: ``DeploymentHandle.infer.remote(jpeg)`` from the driver, results
   read with ``DeploymentResponse.result``;
 - *HTTP*: ``POST /resnet18`` with the JPEG as the body through Ray Serve's
-  HTTP proxy, from one ``httpx.AsyncClient``.
+  HTTP proxy, from a pool of ``httpx.AsyncClient`` of one connection each.
 """
 
 from __future__ import annotations
@@ -227,25 +227,43 @@ class RayHandleClient:
 
 
 class RayHttpClient:
-    """Frames ``POST``ed to Ray Serve's HTTP proxy (JPEG body, JSON reply)."""
+    """Frames ``POST``ed to Ray Serve's HTTP proxy (JPEG body, JSON reply).
+
+    ``concurrency`` clients of one connection each, a request taking whichever is
+    idle: one ``httpx.AsyncClient`` with that many connections costs CPU per request
+    in proportion to them (encode/httpx#3215), 17 ms a frame at 64 here, taken from
+    the cores Ray's replicas run on (docs/benchmarks.md, "Ray over HTTP: the bench's
+    own client held it back")."""
 
     name = "ray_http"
 
     def __init__(self, serve_: RayServe, jpegs: Sequence[bytes], concurrency: int) -> None:
+        import asyncio
+
         import httpx
 
         self.url = f"http://127.0.0.1:{serve_.http_port}{ROUTE}"
         self.jpegs = jpegs
         self.bridge = AsyncBridge()
-        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
-        async def make() -> Any:
-            return httpx.AsyncClient(limits=limits, timeout=120.0)
+        async def make() -> tuple[list[Any], asyncio.Queue[Any]]:
+            one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+            clients = [httpx.AsyncClient(limits=one, timeout=120.0) for _ in range(concurrency)]
+            # last in, first out: at a low rate the same few connections stay warm,
+            # and the others idle long enough to expire on the client's side first
+            idle: asyncio.Queue[Any] = asyncio.LifoQueue()
+            for c in clients:
+                idle.put_nowait(c)
+            return clients, idle
 
-        self.client = self.bridge.call(make())
+        self.clients, self.idle = self.bridge.call(make())
 
     async def _post(self, frame: bytes) -> dict[str, Any]:
-        resp = await self.client.post(self.url, content=frame)
+        client = await self.idle.get()
+        try:
+            resp = await client.post(self.url, content=frame)
+        finally:
+            self.idle.put_nowait(client)
         if resp.status_code != 200:
             raise BenchError(f"Ray Serve HTTP {resp.status_code}: {resp.text[:200]}")
         return dict(resp.json())
@@ -259,6 +277,11 @@ class RayHttpClient:
         return None if value is None else Reply.from_dict(value)
 
     def close(self) -> None:
+        import asyncio
+
+        async def close_all() -> None:
+            await asyncio.gather(*(c.aclose() for c in self.clients), return_exceptions=True)
+
         with contextlib.suppress(Exception):
-            self.bridge.call(self.client.aclose())
+            self.bridge.call(close_all())
         self.bridge.close()
