@@ -49,9 +49,17 @@ def check_models(settings: Settings, model_ids: list[str]) -> dict[str, ModelMan
 
 
 def require_redis(settings: Settings) -> None:
-    from framepool.redis_server import ping
+    from framepool.redis_server import host_port, probe
 
-    if not ping(settings.redis_url, timeout=2.0):
+    state = probe(settings.redis_url, timeout=2.0)
+    if state == "auth":
+        fail(
+            f"Redis at {host_port(settings.redis_url)} refuses REDIS_URL's password (none "
+            "given, or another): set REDIS_URL=redis://:PASSWORD@host:port/0, the line "
+            "`framepool up` prints for its Redis",
+            EXIT_UNAVAILABLE,
+        )
+    if state != "ok":
         fail(
             "Redis unreachable at REDIS_URL; start one with `framepool up` or set REDIS_URL",
             EXIT_UNAVAILABLE,

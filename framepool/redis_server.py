@@ -61,16 +61,31 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def ping(url: str, timeout: float = 1.0) -> bool:
-    """True when the Redis at ``url`` answers PING (password and TLS as in the URL)."""
+def probe(url: str, timeout: float = 1.0) -> str:
+    """``"ok"`` when the Redis at ``url`` answers PING (password and TLS as in the URL),
+    ``"auth"`` when one answers there but refuses the URL's password (none given, or
+    another), ``"down"`` when none answers."""
     try:
         client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
         try:
-            return bool(client.ping())
+            return "ok" if client.ping() else "down"
         finally:
             client.close()
+    except redis.AuthenticationError:
+        return "auth"
     except (redis.RedisError, OSError, ValueError):
-        return False
+        return "down"
+
+
+def ping(url: str, timeout: float = 1.0) -> bool:
+    """True when the Redis at ``url`` answers PING (password and TLS as in the URL)."""
+    return probe(url, timeout) == "ok"
+
+
+def host_port(url: str) -> str:
+    """``host:port`` of a Redis URL, for messages (no password)."""
+    parts = urlsplit(url)
+    return f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
 
 
 def is_local(url: str) -> bool:
@@ -110,6 +125,9 @@ class EmbeddedRedis:
             f"bind {self.host}",
             f"port {self.port}",
             f'dir "{self.data_dir}"',
+            # one AOF per port: two servers on one data directory (`make demo`, then
+            # `framepool up` on another port) neither share nor load each other's data
+            f'appendfilename "appendonly-{self.port}.aof"',
             f'logfile "{self.data_dir / "redis.log"}"',
             "daemonize no",
             f"appendonly {'yes' if self.appendonly else 'no'}",
@@ -192,8 +210,14 @@ def ensure_redis(url: str, data_dir: Path) -> tuple[str, EmbeddedRedis | None]:
     The embedded server takes the URL's port, and a generated password unless the
     URL names one. Returns the URL to use and the server we started (or None).
     """
-    if ping(url):
+    state = probe(url)
+    if state == "ok":
         return url, None
+    if state == "auth":  # e.g. the embedded one of a `framepool up` already running
+        raise BrokerUnavailable(
+            f"Redis at {host_port(url)} answers but refuses REDIS_URL's password: set "
+            "REDIS_URL to redis://:PASSWORD@host:port/0 (`framepool up` prints it)"
+        )
     if not is_local(url):
         raise BrokerUnavailable(f"Redis at {urlsplit(url).hostname} is unreachable")
     parts = urlsplit(url)

@@ -166,6 +166,9 @@ class Stack:
 
     def print_urls(self) -> None:
         print(f"redis    {mask_url(self.redis_url)}" + ("  (embedded)" if self.embedded else ""))
+        if self.embedded is not None and self.embedded.password:
+            # its password is generated: the SDK and the CLI in another shell need it
+            print(f"export REDIS_URL={self.redis_url}  (for the SDK and CLI in another shell)")
         for spec in self.specs:
             print(f"worker   {spec.name}  device={spec.device}  models={','.join(spec.models)}")
         for note in self.plan.notes:

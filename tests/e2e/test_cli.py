@@ -125,6 +125,9 @@ def test_demo_runs_without_a_gpu_and_leaves_nothing_running(tmp_path: Path) -> N
     sent, results = int(summary.group(1)), int(summary.group(2))
     assert sent > 50 and results > 50 and "ok=" in summary.group(3)
     assert "(embedded)" in out.stdout and "cpu-1@" in out.stdout
+    # the embedded Redis's generated password, for the SDK and CLI in another shell
+    exported = re.search(r"export REDIS_URL=redis://:\S+@127\.0\.0\.1:(\d+)/0", out.stdout)
+    assert exported and int(exported.group(1)) == port, out.stdout[-2000:]
     assert f"http://127.0.0.1:{monitor_port}/?token=" in out.stdout
     monitor_log = (tmp_path / "fp" / "logs" / "monitor.log").read_text()
     assert "monitor_started" in monitor_log

@@ -59,3 +59,61 @@ def test_ensure_redis_starts_one_for_a_silent_local_url(tmp_path: Path) -> None:
 def test_ensure_redis_refuses_a_silent_remote_url(tmp_path: Path) -> None:
     with pytest.raises(BrokerUnavailable, match="unreachable"):
         ensure_redis("redis://127.0.0.2:1/0", tmp_path)  # not "local": never started
+
+
+def test_probe_tells_a_refused_password_from_no_redis(redis_server: EmbeddedRedis) -> None:
+    from framepool.redis_server import free_port, probe
+
+    port = redis_server.port
+    assert probe(redis_server.url) == "ok"
+    assert probe(f"redis://127.0.0.1:{port}/0") == "auth"  # no password given
+    assert probe(f"redis://:wrong@127.0.0.1:{port}/0") == "auth"
+    assert probe(f"redis://127.0.0.1:{free_port()}/0") == "down"
+
+
+def test_probe_of_a_password_given_to_a_redis_without_one(tmp_path: Path) -> None:
+    from framepool.redis_server import probe
+
+    server = EmbeddedRedis(tmp_path).start()  # no requirepass
+    try:
+        assert probe(server.url) == "ok"
+        # redis-py goes on without AUTH when the server has no password configured
+        assert probe(f"redis://:pw@127.0.0.1:{server.port}/0") == "ok"
+    finally:
+        server.stop()
+
+
+def test_ensure_redis_does_not_start_a_second_one_where_a_password_is_refused(
+    redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    url = f"redis://127.0.0.1:{redis_server.port}/0"  # `framepool up`'s Redis, no password
+    with pytest.raises(BrokerUnavailable, match="refuses REDIS_URL's password"):
+        ensure_redis(url, tmp_path)
+    assert not (tmp_path / "redis").exists()  # nothing started
+
+
+def test_two_ports_on_one_data_directory_keep_their_own_data(tmp_path: Path) -> None:
+    a = EmbeddedRedis(tmp_path, password="pw").start()
+    b = EmbeddedRedis(tmp_path, password="pw").start()
+    try:
+        redis.Redis.from_url(a.url).set("k", "a")
+        assert redis.Redis.from_url(b.url).get("k") is None
+        redis.Redis.from_url(b.url).set("k", "b")
+        port_a = a.port
+    finally:
+        a.stop()
+        b.stop()
+    again = EmbeddedRedis(tmp_path, port=port_a, password="pw").start()
+    try:
+        assert redis.Redis.from_url(again.url).get("k") == b"a"  # its own AOF, not b's
+    finally:
+        again.stop()
+
+
+def test_the_cli_says_when_redis_wants_the_password(redis_server: EmbeddedRedis) -> None:
+    from tests.services import run_cli
+
+    r = run_cli("status", env={"REDIS_URL": f"redis://127.0.0.1:{redis_server.port}/0"})
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert "refuses REDIS_URL's password" in r.stderr
+    assert "framepool up` prints" in r.stderr
