@@ -52,7 +52,24 @@ class QueueFull(Retryable):
 
 
 class BrokerUnavailable(Retryable):
-    """Redis cannot be reached."""
+    """Redis cannot be reached (or refuses REDIS_URL's password)."""
+
+    @classmethod
+    def from_redis(cls, exc: BaseException, doing: str = "") -> BrokerUnavailable:
+        """The error for a Redis client's ``exc``; a refused password says what to set."""
+        from redis.exceptions import AuthenticationError
+
+        prefix = f"{doing}: " if doing else ""
+        chain: BaseException | None = exc  # kombu wraps the client's error in its own
+        seen = 0
+        while chain is not None and not isinstance(chain, AuthenticationError) and seen < 5:
+            chain, seen = chain.__cause__ or chain.__context__, seen + 1
+        if isinstance(chain, AuthenticationError):
+            return cls(
+                f"{prefix}Redis refuses REDIS_URL's password ({exc}): set "
+                "REDIS_URL=redis://:PASSWORD@host:port/0 (`framepool up` prints it)"
+            )
+        return cls(f"{prefix}Redis unreachable: {exc}")
 
 
 class ResultTimeout(Retryable, TimeoutError):

@@ -130,7 +130,7 @@ class FrameProducer:
             try:
                 self._served = {m.decode() for m in self.redis.smembers(keys.SERVED_MODELS)}
             except redis.RedisError as exc:
-                raise BrokerUnavailable(f"Redis unreachable: {exc}") from exc
+                raise BrokerUnavailable.from_redis(exc) from exc
             self._served_at = now
         if model_id not in self._served:
             raise UnknownModel(model_id, list(self._catalog | self._served))
@@ -197,7 +197,7 @@ class FrameProducer:
                         pipe.llen(name)
                 counts = pipe.execute()
         except redis.RedisError as exc:
-            raise BrokerUnavailable(f"Redis unreachable: {exc}") from exc
+            raise BrokerUnavailable.from_redis(exc) from exc
         per = len(keys.queue_lists(ids[0])) if ids else 0
         return {m: sum(counts[i * per : (i + 1) * per]) for i, m in enumerate(ids)}
 
@@ -225,7 +225,7 @@ class FrameProducer:
             placed = self._enqueue(self.redis, outgoing, s.max_queue_depth,
                                    s.frame_ttl_seconds, s.result_ttl_seconds)  # fmt: skip
         except redis.RedisError as exc:
-            raise BrokerUnavailable(f"cannot enqueue: Redis unreachable: {exc}") from exc
+            raise BrokerUnavailable.from_redis(exc, "cannot enqueue") from exc
         handles: list[FrameHandle] = []
         for item, p in zip(items, placed, strict=True):
             if p.accepted:

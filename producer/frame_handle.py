@@ -65,7 +65,7 @@ class FrameHandle:
         try:
             raw = self._listener.wait(self.job_id, timeout)
         except redis.RedisError as exc:
-            raise BrokerUnavailable(f"Redis unreachable: {exc}") from exc
+            raise BrokerUnavailable.from_redis(exc) from exc
         if raw is None:
             raise ResultTimeout(f"no result for job {self.job_id} within {timeout}s")
         decode = self._decode or decode_with(self._app.backend)

@@ -114,7 +114,7 @@ class FrameMessages:
                         declare=(),
                     )
         except (redis.RedisError, OSError, OperationalError) as exc:  # kombu's channel pings
-            raise BrokerUnavailable(f"cannot enqueue: Redis unreachable: {exc}") from exc
+            raise BrokerUnavailable.from_redis(exc, "cannot enqueue") from exc
         if len(sent) != len(items):
             raise RuntimeError(
                 f"{len(sent)} of {len(items)} messages reached framepool's transport: "

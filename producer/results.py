@@ -57,7 +57,7 @@ class CameraResults:
         try:
             entries = self.client.xrevrange(self.stream, count=max(count, 1))[::-1]
         except redis.RedisError as exc:
-            raise BrokerUnavailable(f"Redis unreachable: {exc}") from exc
+            raise BrokerUnavailable.from_redis(exc) from exc
         out = [_entry(eid, fields) for eid, fields in entries]
         self.last_id = out[-1].entry_id if out else "0-0"
         out = out[-count:] if count > 0 else []
@@ -73,7 +73,7 @@ class CameraResults:
                     {self.stream: str(self.last_id)}, block=block_ms, count=500
                 )
             except redis.RedisError as exc:
-                raise BrokerUnavailable(f"Redis unreachable: {exc}") from exc
+                raise BrokerUnavailable.from_redis(exc) from exc
             for _, entries in replies or []:
                 for eid, fields in entries:
                     r = _entry(eid, fields)

@@ -117,3 +117,15 @@ def test_the_cli_says_when_redis_wants_the_password(redis_server: EmbeddedRedis)
     assert r.returncode == 3, r.stdout + r.stderr
     assert "refuses REDIS_URL's password" in r.stderr
     assert "framepool up` prints" in r.stderr
+
+
+def test_the_sdk_says_when_redis_wants_the_password(redis_server: EmbeddedRedis) -> None:
+    from framepool.settings import Settings
+    from producer import FrameProducer
+    from tests.unit.test_codec import jpeg
+
+    settings = Settings(redis_url=f"redis://127.0.0.1:{redis_server.port}/0")
+    with FrameProducer(settings) as p, pytest.raises(BrokerUnavailable) as info:
+        p.submit("shape_detector", jpeg(32, 24))
+    assert "refuses REDIS_URL's password" in str(info.value)
+    assert "framepool up` prints it" in str(info.value)
