@@ -49,14 +49,14 @@ def check_models(settings: Settings, model_ids: list[str]) -> dict[str, ModelMan
 
 
 def require_redis(settings: Settings) -> None:
+    from framepool.errors import PASSWORD_HINT
     from framepool.redis_server import host_port, probe
 
     state = probe(settings.redis_url, timeout=2.0)
     if state == "auth":
         fail(
             f"Redis at {host_port(settings.redis_url)} refuses REDIS_URL's password (none "
-            "given, or another): set REDIS_URL=redis://:PASSWORD@host:port/0, the line "
-            "`framepool up` prints for its Redis",
+            f"given, or another): {PASSWORD_HINT}",
             EXIT_UNAVAILABLE,
         )
     if state != "ok":

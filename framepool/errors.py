@@ -51,6 +51,10 @@ class QueueFull(Retryable):
         super().__init__(f"queue for {model_id!r} is full ({depth} >= MAX_QUEUE_DEPTH={limit})")
 
 
+#: What to do when Redis refuses REDIS_URL's password (the embedded one's is generated).
+PASSWORD_HINT = "set REDIS_URL=redis://:PASSWORD@host:port/0 (`framepool up` prints it)"
+
+
 class BrokerUnavailable(Retryable):
     """Redis cannot be reached (or refuses REDIS_URL's password)."""
 
@@ -65,10 +69,7 @@ class BrokerUnavailable(Retryable):
         while chain is not None and not isinstance(chain, AuthenticationError) and seen < 5:
             chain, seen = chain.__cause__ or chain.__context__, seen + 1
         if isinstance(chain, AuthenticationError):
-            return cls(
-                f"{prefix}Redis refuses REDIS_URL's password ({exc}): set "
-                "REDIS_URL=redis://:PASSWORD@host:port/0 (`framepool up` prints it)"
-            )
+            return cls(f"{prefix}Redis refuses REDIS_URL's password ({exc}): {PASSWORD_HINT}")
         return cls(f"{prefix}Redis unreachable: {exc}")
 
 

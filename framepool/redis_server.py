@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from framepool.errors import BrokerUnavailable
+from framepool.errors import PASSWORD_HINT, BrokerUnavailable
 from framepool.log import get_logger
 
 log = get_logger(__name__)
@@ -215,8 +215,7 @@ def ensure_redis(url: str, data_dir: Path) -> tuple[str, EmbeddedRedis | None]:
         return url, None
     if state == "auth":  # e.g. the embedded one of a `framepool up` already running
         raise BrokerUnavailable(
-            f"Redis at {host_port(url)} answers but refuses REDIS_URL's password: set "
-            "REDIS_URL to redis://:PASSWORD@host:port/0 (`framepool up` prints it)"
+            f"Redis at {host_port(url)} answers but refuses REDIS_URL's password: {PASSWORD_HINT}"
         )
     if not is_local(url):
         raise BrokerUnavailable(f"Redis at {urlsplit(url).hostname} is unreachable")
