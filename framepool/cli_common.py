@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, NoReturn
 
 import click
 
-from framepool.errors import UnknownModel
+from framepool.errors import PASSWORD_HINT, UnknownModel
 from framepool.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -49,7 +49,6 @@ def check_models(settings: Settings, model_ids: list[str]) -> dict[str, ModelMan
 
 
 def require_redis(settings: Settings) -> None:
-    from framepool.errors import PASSWORD_HINT
     from framepool.redis_server import host_port, probe
 
     state = probe(settings.redis_url, timeout=2.0)
