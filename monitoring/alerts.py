@@ -100,7 +100,9 @@ class Rule:
 
 
 class QueueGrowth:
-    """Last depth per queue and since when it has grown (non-decreasing, at least one rise)."""
+    """Last depth per queue and since when it has grown (non-decreasing, at least one
+    rise): a run begins at the last reading before its first rise, so a quiet queue's
+    first frames are not "growing" since it was first seen."""
 
     def __init__(self) -> None:
         self._state: dict[str, tuple[int, float, bool]] = {}  # queue -> (depth, since, rose)
@@ -111,6 +113,8 @@ class QueueGrowth:
             prev = self._state.get(q.queue)
             if prev is None or q.depth < prev[0]:
                 seen[q.queue] = (q.depth, now, False)  # a new run starts here
+            elif q.depth == prev[0] and not prev[2]:
+                seen[q.queue] = (q.depth, now, False)  # flat, never risen: not begun yet
             else:
                 seen[q.queue] = (q.depth, prev[1], prev[2] or q.depth > prev[0])
         self._state = seen

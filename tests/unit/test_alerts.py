@@ -171,6 +171,23 @@ def test_queue_growth_fires_after_60s_and_a_drop_resets(engine: AlertEngine, clo
     assert resolved.state == "resolved"
 
 
+def test_a_quiet_minute_before_a_rise_is_not_growth(engine: AlertEngine, clock: Clock) -> None:
+    """A queue flat at 0 for minutes, then frames: it has grown for 10 s, not since it
+    was first seen (the alert fired at the first frame after any quiet minute)."""
+
+    def step(depth: int, dt: float = 10.0) -> list[Alert]:
+        clock.t += dt
+        return engine.evaluate(snap(clock, queues=[qview(depth=depth)]))
+
+    assert engine.evaluate(snap(clock, queues=[qview(depth=0)])) == []
+    for _ in range(7):  # t = 10..70: idle
+        assert step(0) == []
+    for depth in (3, 9, 14, 20, 26):  # t = 80..120: growing since t = 70
+        assert step(depth) == []
+    [fired] = step(31)  # t = 130: 60 s of growth
+    assert (fired.rule, fired.value) == ("queue_growing", 31.0)
+
+
 def test_flat_queue_never_counts_as_growing(engine: AlertEngine, clock: Clock) -> None:
     for _ in range(20):
         clock.t += 10
