@@ -46,6 +46,7 @@ from benchmarks.gpu_meters import ProcCpu, UtilSampler, steady_window, util_inde
 from benchmarks.gpu_plain import PlainInferPeer, run_clients
 from benchmarks.harness import machine_info, save_report, test_frames, utc_minute
 from benchmarks.peers_clients import Reply
+from benchmarks.peers_model import on_device, prepare
 from benchmarks.peers_stats import WARMUP_FRAC, batch_rate, closed_stats
 from benchmarks.pipeline import start_framepool_workers, start_plain_worker
 from benchmarks.producer_procs import ProducerProcesses
@@ -89,19 +90,10 @@ class LimitLoop:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def _prep(self, i: int) -> Any:
-        """As the worker's task thread: where the model decodes JPEG on its device, the
-        header is checked here and the bytes go on; else decode + preprocess here."""
-        import numpy as np
-
-        from framepool.codec import decode, probe
-
-        data, s = self.jpegs[i % len(self.jpegs)], self.settings
-        if self.model.accepts_jpeg:
-            probe(data, max_bytes=s.max_frame_bytes, max_pixels=s.max_frame_pixels)
-            return np.frombuffer(bytearray(data), np.uint8)
-        image = decode(data, max_bytes=s.max_frame_bytes, max_pixels=s.max_frame_pixels,
-                       min_size=self.model.manifest.input_size)  # fmt: skip
-        return self.model.preprocess(image)
+        """As the worker's task thread (:func:`benchmarks.peers_model.prepare`)."""
+        s = self.settings
+        return prepare(self.model, self.jpegs[i % len(self.jpegs)], s.max_frame_bytes,
+                       s.max_frame_pixels)  # fmt: skip
 
     def run(self, n: int, depth: int = 4) -> list[float]:
         """``n`` frames in batches, ``depth`` batches decoding ahead; one stamp a frame."""
@@ -121,15 +113,12 @@ class LimitLoop:
         for _ in range(depth):
             queue_next()
         stamps: list[float] = []
-        cuda = model.device.type == "cuda"
         while pending:
             futs = pending.popleft()
             queue_next()
-            x = model.collate([f.result() for f in futs])
-            if cuda and isinstance(x, torch.Tensor):
-                x = x.pin_memory()
+            x = on_device(model, [f.result() for f in futs])
             with torch.inference_mode():
-                raw = model.infer(model.to_device(x))
+                raw = model.infer(x)
                 outputs = model.postprocess(raw, [FRAME_SIZE] * len(futs))
             if len(outputs) != len(futs):
                 raise BenchError(f"limit: {len(outputs)} outputs for {len(futs)} frames")

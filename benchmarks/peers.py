@@ -1,10 +1,14 @@
 """``framepool bench peers``: framepool against calling the model directly, Ray Serve
 and Triton, measured in one run on one machine (issue #7).
 
-Every system runs resnet18 on the same device with the same torch threads, the
-same 640x480 JPEG q90 frames and the same batch cap (8), and does the same work
-per frame (``framepool.codec.decode``, ``model.preprocess``, one batched forward
-pass, ``model.postprocess``):
+Every system runs the same model (``--model``, resnet18) on the same device
+(``--device``) with the same torch threads, the same 640x480 JPEG q90 frames and
+the same batch cap (``--batch``, 8), and does the same work per frame
+(:mod:`benchmarks.peers_model`: the worker's decode or, where the model decodes
+JPEG on its GPU, header check; ``model.preprocess``, one batched forward pass,
+``model.postprocess``). On a GPU the direct call's closed loop is ``bench gpu``'s
+limit loop (:class:`Limit`), and ``--clients N`` drives every system from N
+client processes (:mod:`benchmarks.producer_procs`):
 
 - *direct*: the limit. Closed loop: ``benchmarks.pipeline_tight_loop.tight_loop`` (batches
   of 8 in one process). Open loop: the camera app calling the model itself
@@ -19,7 +23,7 @@ pass, ``model.postprocess``):
 - *Triton* (``nvidia-pytriton``): a Python model with dynamic batching, through
   PyTriton's client over gRPC and over HTTP (:mod:`benchmarks.peers_triton`).
 
-For each: closed-loop saturation throughput (32-64 frames outstanding, rate
+For each: closed-loop saturation throughput (4-8 batches outstanding, rate
 from the servers' completion stamps after the first 10%) and open-loop latency
 at ``--load`` (50%) of the tight loop's rate, frames from ``--cameras`` cameras
 on a fixed seeded schedule, p50/p99 from send to reply on the client. Every
@@ -31,6 +35,7 @@ installed, or cannot run here, are reported as such; the others still run.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,13 +49,16 @@ from benchmarks.peers_clients import (
     DirectPeer,
     FramepoolPeer,
     PeerClient,
+    Reply,
     run_closed,
     run_open,
     session_pids,
 )
+from benchmarks.peers_model import MODEL_ID
 from benchmarks.peers_stats import (
     BATCH,
     WARMUP_FRAC,
+    batch_rate,
     closed_stats,
     cpu_split,
     loop_frames,
@@ -59,10 +67,10 @@ from benchmarks.peers_stats import (
     rotate,
 )
 from benchmarks.pipeline import CpuMeter, start_framepool_workers, tight_loop
+from benchmarks.producer_procs import ClientProcesses, Factory, framepool_client
 from benchmarks.sandbox import Sandbox, run_measure
 from framepool.settings import Settings
 
-CHUNK = 32  # closed loop: 32-64 frames outstanding
 DISTINCT_FRAMES = 16
 IDLE_WINDOW_S = 5.0
 PEERS = ("ray", "triton")
@@ -75,9 +83,13 @@ class System:
     name: str
     client: PeerClient
     pids: Callable[[], list[int]] = field(default=lambda: [])
+    procs: ClientProcesses | None = None  # with --clients N > 1: the client processes
 
     def meter(self) -> CpuMeter:
-        return CpuMeter({f"srv:{pid}": pid for pid in self.pids()})
+        pids = {f"srv:{pid}": pid for pid in self.pids()}
+        if self.procs is not None:
+            pids.update({f"cli:{pid}": pid for pid in self.procs.pids()})
+        return CpuMeter(pids)
 
 
 def _log(msg: str) -> None:
@@ -95,11 +107,85 @@ class Plan:
     threads: int
     device: str
     replicas: int = 1  # framepool workers, Ray replicas, Triton instances
+    model: str = MODEL_ID
+    batch: int = BATCH  # the batch cap of every system
+    clients: int = 1  # client processes per system; 1: this process drives them all
 
     @property
     def threads_each(self) -> int:
         """Torch threads per replica: the direct call's shared out, at least 1."""
         return max(1, self.threads // self.replicas)
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    @property
+    def chunk(self) -> int:
+        """Closed loop: ``chunk``..``2*chunk`` frames outstanding per client: 4-8
+        batches from this process, 2-4 batches from each of several processes."""
+        return 4 * self.batch if self.clients == 1 else 2 * self.batch
+
+
+class Limit:
+    """The direct call's closed loop, the limit: on the CPU ``tight_loop`` (batches in
+    one process; ``--replicas`` loop threads); on a GPU ``bench gpu``'s limit loop
+    (decode threads, one per CPU, preparing the next batches while the GPU runs
+    this one: :class:`benchmarks.gpu.LimitLoop`)."""
+
+    def __init__(self, plan: Plan, jpegs: Sequence[bytes]) -> None:
+        self.plan, self.jpegs = plan, jpegs
+        self.settings = Settings(max_batch_size=plan.batch)
+        self.loop: Any = None
+        if plan.cuda:
+            from benchmarks import gpu
+
+            gplan = gpu.Plan(plan.model, plan.batch, plan.frames, plan.repeats, (), plan.clients,
+                             plan.device, os.cpu_count() or 1)  # fmt: skip
+            self.loop = gpu.LimitLoop(self.settings, gplan, jpegs)
+            self.loop.run(2 * plan.batch)  # warm-up
+
+    def run(self, n: int) -> dict[str, Any]:
+        plan = self.plan
+        if self.loop is None:
+            run = tight_loop(self.settings, self.jpegs, n, plan.threads, plan.device,
+                             plan.replicas, model_id=plan.model, batch=plan.batch)  # fmt: skip
+            steady, wall_fps, loop_cpu = run.steady_fps, run.wall_fps, run.cpu_ms_per_frame
+        else:
+            meter = CpuMeter({})
+            t0 = time.perf_counter()
+            stamps = self.loop.run(n)
+            wall = time.perf_counter() - t0
+            loop_cpu = meter.per_frame_ms(n)
+            loop_cpu["loop"] = loop_cpu.pop("producer")
+            steady, wall_fps = batch_rate(stamps), n / wall
+        return {
+            "frames": n,
+            "steady_fps": round(steady, 2),
+            "wall_fps": round(wall_fps, 2),
+            "mean_batch_size": float(plan.batch),
+            "cpu_ms_per_frame": {
+                "server": 0.0,
+                "client": loop_cpu.get("loop", 0.0),
+                "others_cpus": loop_cpu.get("others_cpus", 0.0),
+            },
+        }
+
+    def close(self) -> None:
+        if self.loop is not None:
+            self.loop.close()
+
+
+def _with_procs(system: System, plan: Plan, factory: Factory, jpegs: Sequence[bytes],
+                closers: list[Callable[[], None]]) -> System:  # fmt: skip
+    """``system`` driven from ``plan.clients`` processes, each with ``factory(jpegs)``
+    (with one client, this process drives it itself)."""
+    if plan.clients > 1:
+        procs = ClientProcesses(factory, jpegs, plan.clients)
+        closers.append(procs.close)
+        procs.warm()
+        system.procs = procs
+    return system
 
 
 def start_systems(
@@ -108,55 +194,71 @@ def start_systems(
 ) -> dict[str, System]:  # fmt: skip
     """Start framepool, the in-process model and every peer that can run; a peer that
     fails to start is recorded in ``status`` and left out."""
-    from benchmarks.peers_model import Resnet18Service
+    from benchmarks.peers_model import ModelService
 
-    settings = Settings(redis_url=sb.redis_url, max_batch_size=BATCH)
+    settings = Settings(redis_url=sb.redis_url, max_batch_size=plan.batch)
     root = str(settings.models_root)
+    model, n, batch = plan.model, plan.replicas, plan.batch
+    outstanding = 2 * plan.chunk * plan.clients  # the most a closed loop keeps in flight
     systems: dict[str, System] = {}
-    _log(f"direct: loading resnet18 on {plan.device}, {plan.replicas} model thread(s)")
-    service = Resnet18Service(root, plan.device, plan.threads_each)
-    direct = DirectPeer(service, jpegs, BATCH, plan.replicas)
+    _log(f"direct: loading {model} on {plan.device}, {n} model thread(s)")
+    service = ModelService(root, plan.device, plan.threads_each, model)
+    direct = DirectPeer(service, jpegs, batch, n)
     closers.append(direct.close)
     systems["direct"] = System("direct", direct)
-    n = plan.replicas
-    _log(f"framepool: starting {n} worker(s), {plan.threads_each} torch thread(s) each")
-    names = ["fp-resnet18"] if n == 1 else [f"fp-resnet18-{i}" for i in range(n)]
-    workers = start_framepool_workers(sb, "resnet18", plan.threads_each, plan.device, names)
-    fp = FramepoolPeer(settings, "resnet18", jpegs)
+    threads = 1 if plan.cuda else plan.threads_each
+    _log(f"framepool: starting {n} worker(s), {threads} torch thread(s) each")
+    names = [f"fp-{model}"] if n == 1 else [f"fp-{model}-{i}" for i in range(n)]
+    workers = start_framepool_workers(sb, model, threads, plan.device, names, batch)
+    fp = FramepoolPeer(settings, model, jpegs)
     closers.append(fp.close)
     fp_pids = [w.pid for w in workers] + [sb.redis.proc.pid]
-    systems["framepool"] = System("framepool", fp, lambda: fp_pids)
+    systems["framepool"] = _with_procs(
+        System("framepool", fp, lambda: fp_pids), plan,
+        partial(framepool_client, sb.redis_url, batch, model), jpegs, closers,
+    )  # fmt: skip
     if "ray" in plan.peers and status["ray"] is None:
         _log("ray: starting a private cluster and the @serve.batch deployment")
         try:
-            ray = peers_ray.RayServe(sb, root, plan.device, plan.threads_each, BATCH, 2 * CHUNK,
-                                     replicas=n)  # fmt: skip
+            ray = peers_ray.RayServe(sb, root, plan.device, plan.threads_each, batch, outstanding,
+                                     replicas=n, model_id=model)  # fmt: skip
         except Exception as exc:
             why = f"failed to start: {type(exc).__name__}: {exc}"[:2000]
             status["ray"] = why
             _log(f"ray: {why}")
         else:
             closers.append(ray.close)
-            handle = peers_ray.RayHandleClient(ray, jpegs)
-            http = peers_ray.RayHttpClient(ray, jpegs, 2 * CHUNK)
+            handle = peers_ray.RayHandleClient(ray.handle, jpegs)
+            concurrency = 2 * plan.chunk  # per client: as many as it keeps in flight
+            http = peers_ray.RayHttpClient(ray.url, jpegs, concurrency)
             closers.append(http.close)
-            systems["ray_handle"] = System("ray_handle", handle, lambda: session_pids(ray.head.pid))
-            systems["ray_http"] = System("ray_http", http, lambda: session_pids(ray.head.pid))
+            ray_pids = partial(session_pids, ray.head.pid)
+            systems["ray_handle"] = _with_procs(
+                System("ray_handle", handle, ray_pids), plan,
+                partial(peers_ray.handle_client, ray.gcs_port), jpegs, closers,
+            )  # fmt: skip
+            systems["ray_http"] = _with_procs(
+                System("ray_http", http, ray_pids), plan,
+                partial(peers_ray.http_client, ray.url, concurrency), jpegs, closers,
+            )  # fmt: skip
     if "triton" in plan.peers and status["triton"] is None:
         _log("triton: starting PyTriton")
         try:
-            tri = peers_triton.TritonServer(sb, root, plan.device, plan.threads_each, BATCH,
-                                            instances=n)  # fmt: skip
+            tri = peers_triton.TritonServer(sb, root, plan.device, plan.threads_each, batch,
+                                            instances=n, model_id=model)  # fmt: skip
         except Exception as exc:
             why = f"failed to start: {type(exc).__name__}: {exc}"[:2000]
             status["triton"] = why
             _log(f"triton: {why}")
         else:
             closers.append(tri.close)
+            tri_pids = partial(session_pids, tri.child.pid)
             for proto in ("grpc", "http"):
-                c = peers_triton.TritonClient(tri, proto, jpegs)
+                c = peers_triton.TritonClient.of(tri, proto, jpegs)
                 closers.append(c.close)
-                systems[c.name] = System(c.name, c, lambda: session_pids(tri.child.pid))
+                factory = partial(peers_triton.TritonClient, proto, tri.port(proto), model)
+                systems[c.name] = _with_procs(System(c.name, c, tri_pids), plan, factory, jpegs,
+                                              closers)  # fmt: skip
     return systems
 
 
@@ -182,40 +284,46 @@ def measure(sb: Sandbox, plan: Plan, jpegs: Sequence[bytes],
     res: dict[str, Any] = {"closed": {}, "open": {}, "failed": {}}
     try:
         systems = start_systems(sb, plan, jpegs, status, closers)
-        settings = Settings(redis_url=sb.redis_url, max_batch_size=BATCH)
-        calib = tight_loop(settings, jpegs, max(4 * BATCH, plan.frames // 4), plan.threads,
-                           plan.device)  # fmt: skip
-        fps = plan.load * calib.steady_fps
+        limit = Limit(plan, jpegs)
+        closers.append(limit.close)
+        calib = limit.run(max(4 * plan.batch, plan.frames // 4))
+        fps = plan.load * calib["steady_fps"]
         sched = open_schedule(plan.latency_frames, fps, plan.cameras)
-        times = [t for t, _, _ in sched]
         fp = systems["framepool"].client
         assert isinstance(fp, FramepoolPeer)
         fp.camera_of = [c for _, c, _ in sched]
-        res["calibration_fps"] = round(calib.steady_fps, 2)
+        res["calibration_fps"] = round(calib["steady_fps"], 2)
         res["open_fps"] = round(fps, 2)
-        _log(f"tight loop {calib.steady_fps:.1f} frames/s: open loop at {fps:.1f} frames/s "
+        _log(f"limit {calib['steady_fps']:.1f} frames/s: open loop at {fps:.1f} frames/s "
              f"from {plan.cameras} cameras")  # fmt: skip
-        for s in list(systems.values()):
+        for s in list(systems.values()):  # warm-up
             _guard(
                 res,
                 systems,
                 s.name,
-                partial(run_closed, s.client, min(2 * CHUNK, plan.frames), CHUNK),
+                partial(_drive_closed, s, plan, min(2 * plan.chunk * plan.clients, plan.frames)),
             )
         res["idle_cpus"] = idle_cpu(systems, IDLE_WINDOW_S)
         names = [n for n in SYSTEMS if n in systems]
         for r in range(plan.repeats):
             for name in rotate(names, r):
                 if name in systems:
-                    _guard(res, systems, name, partial(_closed, res, systems[name], plan, r, jpegs))
+                    _guard(res, systems, name, partial(_closed, res, systems[name], plan, r, limit))
             for name in rotate(names, r):
                 if name in systems:
-                    _guard(res, systems, name, partial(_open, res, systems[name], times, r))
+                    _guard(res, systems, name, partial(_open, res, systems[name], sched, r))
     finally:
         for close in reversed(closers):
             with contextlib.suppress(Exception):
                 close()
     return res
+
+
+def _drive_closed(s: System, plan: Plan, n: int) -> tuple[list[Reply], float]:
+    """``n`` frames through ``s`` in a closed loop, from its client processes if any."""
+    if s.procs is not None:
+        return s.procs.run(n, plan.chunk)
+    return run_closed(s.client, n, plan.chunk)
 
 
 def _guard(
@@ -232,25 +340,12 @@ def _guard(
         systems.pop(name, None)
 
 
-def _closed(res: dict[str, Any], s: System, plan: Plan, r: int, jpegs: Sequence[bytes]) -> None:
+def _closed(res: dict[str, Any], s: System, plan: Plan, r: int, limit: Limit) -> None:
     if s.name == "direct":
-        settings = Settings(max_batch_size=BATCH)
-        run = tight_loop(settings, jpegs, loop_frames(plan.frames), plan.threads, plan.device,
-                         plan.replicas)  # fmt: skip
-        stats = {
-            "frames": run.frames,
-            "steady_fps": round(run.steady_fps, 2),
-            "wall_fps": round(run.wall_fps, 2),
-            "mean_batch_size": float(BATCH),
-            "cpu_ms_per_frame": {
-                "server": 0.0,
-                "client": run.cpu_ms_per_frame.get("loop", 0.0),
-                "others_cpus": run.cpu_ms_per_frame.get("others_cpus", 0.0),
-            },
-        }
+        stats = limit.run(loop_frames(plan.frames, plan.batch))
     else:
         meter = s.meter()
-        replies, wall = run_closed(s.client, plan.frames, CHUNK)
+        replies, wall = _drive_closed(s, plan, plan.frames)
         stats = closed_stats(replies, wall)
         stats["cpu_ms_per_frame"] = cpu_split(meter.per_frame_ms(plan.frames))
     res["closed"].setdefault(s.name, []).append(stats)
@@ -258,11 +353,14 @@ def _closed(res: dict[str, Any], s: System, plan: Plan, r: int, jpegs: Sequence[
          f"(mean batch {stats['mean_batch_size']})")  # fmt: skip
 
 
-def _open(res: dict[str, Any], s: System, times: Sequence[float], r: int) -> None:
+def _open(res: dict[str, Any], s: System, sched: Sequence[tuple[float, int, int]], r: int) -> None:
     meter = s.meter()
-    done, late = run_open(s.client, times)
+    if s.procs is not None:
+        done, late = s.procs.run_open(sched)
+    else:
+        done, late = run_open(s.client, [t for t, _, _ in sched])
     stats = open_stats(done, late)
-    stats["cpu_ms_per_frame"] = cpu_split(meter.per_frame_ms(len(times)))
+    stats["cpu_ms_per_frame"] = cpu_split(meter.per_frame_ms(len(sched)))
     res["open"].setdefault(s.name, []).append(stats)
     _log(f"repeat {r + 1}: {s.name} open loop p50 {stats['e2e_p50_ms']:.1f} ms "
          f"p99 {stats['e2e_p99_ms']:.1f} ms (mean batch {stats['mean_batch_size']})")  # fmt: skip
@@ -270,8 +368,15 @@ def _open(res: dict[str, Any], s: System, times: Sequence[float], r: int) -> Non
 
 # ------------------------------------------------------------------ entry point
 def command_line(frames: int, latency_frames: int | None, repeats: int, load: float,
-                 cameras: int, peers: Sequence[str], replicas: int = 1) -> str:  # fmt: skip
-    parts = [f"framepool bench peers --frames {frames} --repeats {repeats}"]
+                 cameras: int, peers: Sequence[str], replicas: int = 1, *,
+                 model: str = MODEL_ID, batch: int = BATCH, device: str | None = None,
+                 clients: int = 1) -> str:  # fmt: skip
+    parts = ["framepool bench peers"]
+    if model != MODEL_ID or batch != BATCH:
+        parts.append(f"--model {model} --batch {batch}")
+    if device is not None:
+        parts.append(f"--device {device}")
+    parts.append(f"--frames {frames} --repeats {repeats}")
     if latency_frames is not None:
         parts.append(f"--latency-frames {latency_frames}")
     parts.append(f"--load {load:g} --cameras {cameras}")
@@ -279,18 +384,28 @@ def command_line(frames: int, latency_frames: int | None, repeats: int, load: fl
         parts.append(f"--peers {','.join(peers) or 'none'}")
     if replicas != 1:
         parts.append(f"--replicas {replicas}")
+    if clients != 1:
+        parts.append(f"--clients {clients}")
     return " ".join(parts)
 
 
 def main(frames: int, repeats: int, out: Path, started: float, *, latency_frames: int | None = None,
          load: float = 0.5, cameras: int = 4, peers: Sequence[str] = PEERS,
-         docs: bool = True, replicas: int = 1) -> int:  # fmt: skip
+         docs: bool = True, replicas: int = 1, model: str = MODEL_ID, batch: int = BATCH,
+         device: str | None = None, clients: int = 1) -> int:  # fmt: skip
     import torch
 
-    command = command_line(frames, latency_frames, repeats, load, cameras, peers, replicas)
-    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    command = command_line(frames, latency_frames, repeats, load, cameras, peers, replicas,
+                           model=model, batch=batch, device=device, clients=clients)  # fmt: skip
+    if device is None:
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    elif device.startswith("cuda") and not torch.cuda.is_available():
+        print(f"framepool bench peers: --device {device}, but there is no CUDA device "
+              "(torch.cuda.is_available() is False)")  # fmt: skip
+        return 2
     plan = Plan(frames, latency_frames or max(16, frames // 2), repeats, load, cameras,
-                tuple(peers), torch.get_num_threads(), device, replicas)  # fmt: skip
+                tuple(peers), torch.get_num_threads(), device, replicas, model, batch,
+                clients)  # fmt: skip
     status: dict[str, str | None] = {
         "ray": peers_ray.missing() if "ray" in peers else "not selected (--peers)",
         "triton": peers_triton.missing() if "triton" in peers else "not selected (--peers)",
@@ -302,6 +417,9 @@ def main(frames: int, repeats: int, out: Path, started: float, *, latency_frames
     info = machine_info()
     info["device"] = device
     info["versions"].update(_peer_versions())
+    if plan.cuda:
+        info["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        info["versions"]["cuda"] = torch.version.cuda
     _log(f"{command}: {info['nproc']} CPUs, {info['cpu']}; {device}, torch threads {plan.threads}")
     res = run_measure(lambda sb: measure(sb, plan, jpegs, status))
     if isinstance(res, int):
@@ -311,19 +429,22 @@ def main(frames: int, repeats: int, out: Path, started: float, *, latency_frames
         "date": utc_minute(),
         "machine": info,
         "config": {
+            "model": model,
             "frames": frames,
-            "loop_frames": loop_frames(frames),
+            "loop_frames": loop_frames(frames, batch),
             "latency_frames": plan.latency_frames,
             "repeats": repeats,
             "load": load,
             "cameras": cameras,
-            "max_batch_size": BATCH,
+            "max_batch_size": batch,
             "batch_wait_ms": 5.0,
             "torch_threads": plan.threads,
             "replicas": replicas,
             "direct_replicas": replicas,  # loop / model threads of the direct call (limit)
             "device": device,
-            "closed_loop_outstanding": [CHUNK, 2 * CHUNK],
+            "clients": clients,
+            "closed_loop_outstanding": [plan.chunk * clients, 2 * plan.chunk * clients],
+            "limit": "gpu.LimitLoop" if plan.cuda else "tight_loop",
             "warmup_frac": WARMUP_FRAC,
             "jpeg_kb": round(sum(map(len, jpegs)) / len(jpegs) / 1024),
             "calibration_fps": res["calibration_fps"],

@@ -1,10 +1,10 @@
 """The work every system in ``framepool bench peers`` does with a batch of frames.
 
-framepool's worker decodes each JPEG with ``framepool.codec.decode`` (at a
-reduced DCT scale down to the model's input size), runs ``model.preprocess``,
-stacks the batch, runs ``model.infer`` under ``torch.inference_mode`` and then
-``model.postprocess``. :class:`Resnet18Service` does exactly that for a list of
-JPEG bytes, so the in-process baseline, the Ray Serve deployment and the Triton
+framepool's worker checks or decodes each JPEG (:func:`prepare`), stacks the
+batch with ``model.collate``, copies it to the device (from pinned memory on a
+GPU), runs ``model.infer`` under ``torch.inference_mode`` and then
+``model.postprocess``. :class:`ModelService` does exactly that for a list of JPEG
+bytes, so the in-process baseline, the Ray Serve deployment and the Triton
 (PyTriton) model all do the same work per frame; only the serving around it
 differs. Each reply carries the server-side completion stamp (for the
 throughput window), the forward pass's duration and the batch size.
@@ -17,14 +17,44 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-MODEL_ID = "resnet18"
+MODEL_ID = "resnet18"  # the model of the CPU runs (issue #7's CPU goals)
 FRAME_SIZE = (640, 480)  # (width, height) of the bench frames, given to postprocess
 
 
-class Resnet18Service:
-    """resnet18 loaded on ``device`` with ``threads`` torch threads, warmed up."""
+def prepare(model: Any, data: bytes, max_bytes: int, max_pixels: int) -> Any:
+    """One frame as the worker's task thread readies it: where the model decodes JPEG
+    on its device (``model.accepts_jpeg``: nvJPEG), only the header is checked here and
+    the bytes go on; else ``framepool.codec.decode`` (at a reduced DCT scale down to
+    the model's input size) + ``model.preprocess``."""
+    from framepool.codec import decode, probe
 
-    def __init__(self, models_root: str | Path, device: str, threads: int) -> None:
+    if model.accepts_jpeg:
+        import numpy as np
+
+        probe(data, max_bytes=max_bytes, max_pixels=max_pixels)
+        return np.frombuffer(bytearray(data), np.uint8)
+    image = decode(bytes(data), max_bytes=max_bytes, max_pixels=max_pixels,
+                   min_size=model.manifest.input_size)  # fmt: skip
+    return model.preprocess(image)
+
+
+def on_device(model: Any, inputs: list[Any]) -> Any:
+    """The batch on the model's device, as the worker's runner puts it there:
+    ``collate``, pinned on a GPU, ``to_device`` (where nvJPEG decodes)."""
+    import torch
+
+    x = model.collate(inputs)
+    if model.device.type == "cuda" and isinstance(x, torch.Tensor):
+        x = x.pin_memory()
+    with torch.inference_mode():
+        return model.to_device(x)
+
+
+class ModelService:
+    """``model_id`` loaded on ``device`` with ``threads`` torch threads, warmed up."""
+
+    def __init__(self, models_root: str | Path, device: str, threads: int,
+                 model_id: str = MODEL_ID) -> None:  # fmt: skip
         import torch
 
         from framepool.settings import Settings
@@ -35,15 +65,13 @@ class Resnet18Service:
         settings = Settings()
         self.max_bytes = settings.max_frame_bytes
         self.max_pixels = settings.max_frame_pixels
-        self.model = load_model(Path(models_root), MODEL_ID, device)
+        self.model = load_model(Path(models_root), model_id, device)
         self.model.warmup(batch_size=1)  # as the worker does, in the loading thread
         self.cuda = self.model.device.type == "cuda"
 
     def __call__(self, frames: Sequence[bytes]) -> list[dict[str, Any]]:
-        """decode + preprocess + forward + postprocess of one batch; one reply per frame."""
+        """check/decode + preprocess + forward + postprocess of one batch; one reply per frame."""
         import torch
-
-        from framepool.codec import decode
 
         # torch's thread count is the process's, taken by each thread when it first runs
         # a parallel region: the caller's thread may have started after another count
@@ -51,19 +79,8 @@ class Resnet18Service:
         if torch.get_num_threads() != self.threads:
             torch.set_num_threads(self.threads)
         model = self.model
-        min_size = model.manifest.input_size
-        inputs = [
-            model.preprocess(
-                decode(
-                    bytes(f),
-                    max_bytes=self.max_bytes,
-                    max_pixels=self.max_pixels,
-                    min_size=min_size,
-                )
-            )
-            for f in frames
-        ]
-        x = model.to_device(model.collate(inputs))  # as the worker's runner does
+        inputs = [prepare(model, f, self.max_bytes, self.max_pixels) for f in frames]
+        x = on_device(model, inputs)
         with torch.inference_mode():
             t0 = time.perf_counter()
             raw = model.infer(x)
@@ -88,6 +105,7 @@ class Resnet18Service:
 
 
 def _top1(output: dict[str, Any]) -> str:
-    """The best label of resnet18's output (``{"classes": [{"label", "score"}, ...]}``)."""
+    """The best label of a classifier's output (``{"classes": [{"label", "score"}, ...]}``);
+    empty for other models."""
     classes = output.get("classes") or [{}]
     return str(classes[0].get("label", ""))

@@ -1,18 +1,20 @@
 """Ray Serve as a peer of framepool in ``framepool bench peers``.
 
 A private single-node Ray cluster is started as a sandbox child (``ray start
---head --block``: 127.0.0.1, free ports, ``--num-cpus 2``, no dashboard, usage
-stats off, its temp dir inside the sandbox), so it is stopped with the
-sandbox's other children whatever happens. The benchmark process joins it as a
-driver and deploys one application: a deployment whose ``infer`` method is
-decorated with ``@serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)``
-and calls :class:`~benchmarks.peers_model.Resnet18Service` directly in that
-method (not in a thread: the forward pass blocks the replica's event loop, as
-in Ray's own batching examples). It is driven two ways:
+--head --block``: 127.0.0.1, free ports, ``--num-cpus`` 2 or the replicas,
+``--num-gpus`` 1 on a GPU, no dashboard, usage stats off, its temp dir inside
+the sandbox), so it is stopped with the sandbox's other children whatever
+happens. The benchmark process joins it as a driver and deploys one
+application: a deployment whose ``infer`` method is decorated with
+``@serve.batch(max_batch_size=<batch cap>, batch_wait_timeout_s=0.005)`` and
+calls :class:`~benchmarks.peers_model.ModelService` directly in that method (not
+in a thread: the forward pass blocks the replica's event loop, as in Ray's own
+batching examples). It is driven two ways:
 
-- *handle*: ``DeploymentHandle.infer.remote(jpeg)`` from the driver, results
-  read with ``DeploymentResponse.result``;
-- *HTTP*: ``POST /resnet18`` with the JPEG as the body through Ray Serve's
+- *handle*: ``DeploymentHandle.infer.remote(jpeg)`` from the driver (or, with
+  ``--clients``, from client processes that each join the cluster as a driver,
+  :func:`handle_client`), results read with ``DeploymentResponse.result``;
+- *HTTP*: ``POST /<model>`` with the JPEG as the body through Ray Serve's
   HTTP proxy, from a pool of ``httpx.AsyncClient`` of one connection each.
 """
 
@@ -30,7 +32,6 @@ from benchmarks.sandbox import BenchError, Child, Sandbox
 from framepool.redis_server import free_port
 
 APP = "framepool-peers"
-ROUTE = f"/{MODEL_ID}"
 BATCH_WAIT_S = 0.005
 #: no telemetry, nothing fetched, 127.0.0.1 only: Ray must not reach the network. On
 #: Linux, Ray turns ``--node-ip-address=127.0.0.1`` into the host's routable address
@@ -95,14 +96,15 @@ def loopback_replica_grpc() -> None:
 
 
 def build_app(models_root: str, device: str, threads: int, max_batch: int, max_ongoing: int,
-              replicas: int = 1) -> Any:  # fmt: skip
-    """The Serve application (bound, not yet running)."""
+              replicas: int = 1, model_id: str = MODEL_ID) -> Any:  # fmt: skip
+    """The Serve application (bound, not yet running). On a GPU the replicas share it:
+    ``num_gpus`` 1 / replicas each, and Ray sets each one's ``CUDA_VISIBLE_DEVICES``."""
     from ray import serve
 
-    gpus = 1 if device.startswith("cuda") else 0
+    gpus = 1.0 / replicas if device.startswith("cuda") else 0
 
     @serve.deployment(
-        name="Resnet18",
+        name="Model",
         num_replicas=replicas,
         max_ongoing_requests=max_ongoing,  # >= the batch cap, or batches never fill
         ray_actor_options={
@@ -111,13 +113,14 @@ def build_app(models_root: str, device: str, threads: int, max_batch: int, max_o
             "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(threads)}},
         },
     )
-    class Resnet18:
+    class Model:
         def __init__(self) -> None:
-            from benchmarks.peers_model import Resnet18Service
+            from benchmarks.peers_model import ModelService
 
             loopback_replica_grpc()
 
-            self.service = Resnet18Service(models_root, "cuda:0" if gpus else "cpu", threads)
+            self.service = ModelService(models_root, "cuda:0" if gpus else "cpu", threads,
+                                        model_id)  # fmt: skip
 
         @serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=BATCH_WAIT_S)
         async def infer(self, frames: list[bytes]) -> list[dict[str, Any]]:
@@ -126,14 +129,14 @@ def build_app(models_root: str, device: str, threads: int, max_batch: int, max_o
         async def __call__(self, request: Any) -> dict[str, Any]:
             return await self.infer(await request.body())
 
-    return Resnet18.bind()  # type: ignore[attr-defined]
+    return Model.bind()  # type: ignore[attr-defined]
 
 
 class RayServe:
     """The cluster, the application and its two clients' plumbing."""
 
     def __init__(self, sb: Sandbox, models_root: str, device: str, threads: int, max_batch: int,
-                 max_ongoing: int, replicas: int = 1) -> None:  # fmt: skip
+                 max_ongoing: int, replicas: int = 1, model_id: str = MODEL_ID) -> None:  # fmt: skip
         import logging
 
         _use_ray_env()  # the driver (this process) reads them too
@@ -141,7 +144,9 @@ class RayServe:
         self.gcs_port = free_port()
         self.http_port = free_port()
         self.sb = sb
-        self.head = self._start_head(sb)
+        self.route = f"/{model_id}"
+        self.url = f"http://127.0.0.1:{self.http_port}{self.route}"
+        self.head = self._start_head(sb, cpus=max(2, replicas), gpus=device.startswith("cuda"))
         try:
             import ray
             from ray import serve
@@ -156,13 +161,14 @@ class RayServe:
                 configure_logging=False,
             )
             serve.start(http_options={"host": "127.0.0.1", "port": self.http_port})
-            app = build_app(models_root, device, threads, max_batch, max_ongoing, replicas)
-            self.handle = serve.run(app, name=APP, route_prefix=ROUTE, blocking=False)
+            app = build_app(models_root, device, threads, max_batch, max_ongoing, replicas,
+                            model_id)  # fmt: skip
+            self.handle = serve.run(app, name=APP, route_prefix=self.route, blocking=False)
         except BaseException:
             self.close()
             raise
 
-    def _start_head(self, sb: Sandbox) -> Child:
+    def _start_head(self, sb: Sandbox, cpus: int, gpus: bool) -> Child:
         temp = sb.dir / "ray"
         temp.mkdir(exist_ok=True)
         ports = {
@@ -177,7 +183,8 @@ class RayServe:
             "--dashboard-port": free_port(),  # a minimal head runs even without the dashboard
         }
         argv = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block"]
-        argv += ["--node-ip-address=127.0.0.1", "--num-cpus=2", "--include-dashboard=false"]
+        argv += ["--node-ip-address=127.0.0.1", f"--num-cpus={cpus}", f"--num-gpus={int(gpus)}"]
+        argv += ["--include-dashboard=false"]
         argv += ["--dashboard-host=127.0.0.1"]
         argv += [f"--temp-dir={temp}", "--disable-usage-stats", "--log-style=record"]
         argv += [f"{k}={v}" for k, v in ports.items()]
@@ -203,13 +210,14 @@ def _listening(port: int) -> bool:
 
 
 class RayHandleClient:
-    """Frames through the ``DeploymentHandle`` (the driver's own router)."""
+    """Frames through a ``DeploymentHandle`` (its driver's own router)."""
 
     name = "ray_handle"
 
-    def __init__(self, serve_: RayServe, jpegs: Sequence[bytes]) -> None:
-        self.handle = serve_.handle
+    def __init__(self, handle: Any, jpegs: Sequence[bytes], own_driver: bool = False) -> None:
+        self.handle = handle
         self.jpegs = jpegs
+        self.own_driver = own_driver  # this client connected its process to the cluster
 
     def submit(self, indices: Sequence[int]) -> list[Any]:
         k = len(self.jpegs)
@@ -223,7 +231,31 @@ class RayHandleClient:
         return Reply.from_dict(value)
 
     def close(self) -> None:
-        pass
+        if self.own_driver:
+            with contextlib.suppress(Exception):
+                import ray
+
+                ray.shutdown()
+
+
+def handle_client(gcs_port: int, jpegs: Sequence[bytes]) -> RayHandleClient:
+    """In a client process: join the cluster as a driver of its own, take the app's
+    handle (``bench peers --clients``)."""
+    import logging
+
+    import ray
+    from ray import serve
+
+    _use_ray_env()
+    for name in ("ray", "ray.serve"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    ray.init(address=f"127.0.0.1:{gcs_port}", logging_level=logging.WARNING, log_to_driver=False,
+             configure_logging=False)  # fmt: skip
+    return RayHandleClient(serve.get_app_handle(APP), jpegs, own_driver=True)
+
+
+def http_client(url: str, concurrency: int, jpegs: Sequence[bytes]) -> RayHttpClient:
+    return RayHttpClient(url, jpegs, concurrency)
 
 
 class RayHttpClient:
@@ -237,12 +269,12 @@ class RayHttpClient:
 
     name = "ray_http"
 
-    def __init__(self, serve_: RayServe, jpegs: Sequence[bytes], concurrency: int) -> None:
+    def __init__(self, url: str, jpegs: Sequence[bytes], concurrency: int) -> None:
         import asyncio
 
         import httpx
 
-        self.url = f"http://127.0.0.1:{serve_.http_port}{ROUTE}"
+        self.url = url
         self.jpegs = jpegs
         self.bridge = AsyncBridge()
 

@@ -14,6 +14,9 @@ from benchmarks.harness import ROOT, median, print_rows, ratio, report_head, upd
 
 DOCS = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- bench-peers:latest:begin -->", "<!-- bench-peers:latest:end -->"
+#: a run on a GPU has a latest block of its own: it does not replace the CPU's
+GPU_BEGIN, GPU_END = "<!-- bench-peers:gpu:begin -->", "<!-- bench-peers:gpu:end -->"
+GPU_HEADING = "### Latest run on a GPU (peers)"
 HIST_BEGIN, HIST_END = "<!-- bench-peers:history:begin -->", "<!-- bench-peers:history:end -->"
 
 ORDER = ("direct", "framepool", "ray_handle", "ray_http", "triton_grpc", "triton_http")
@@ -41,6 +44,7 @@ INTRO = """
 ```
 framepool bench peers --frames 400 --repeats 3      # ~9-10 min on 2 quiet cores
 framepool bench peers --frames 64 --repeats 1 --no-docs   # a smoke run, ~2 min
+framepool bench peers --model resnet50 --batch 64 --clients 8 --frames 4000 --repeats 1   # a GPU
 ```
 
 Issue #7: put the cameras behind framepool instead of calling the model
@@ -82,7 +86,27 @@ under `torch.inference_mode`, `model.postprocess`
   (ZeroMQ + shared memory) -> the infer function. Driven by PyTriton's
   `AsyncioModelClient` over gRPC and over HTTP.
 
-For each system: **closed-loop throughput** (32-64 frames outstanding; frames/s
+**Another model, a GPU.** `--model`, `--batch` and `--device` set the model,
+the batch cap and the device of every system alike (by default `resnet18`, 8,
+and `cuda:0` when CUDA is available, else the CPU). Each frame is readied as
+framepool's worker readies it (`benchmarks.peers_model.prepare`): where the
+model decodes JPEG on its device (nvJPEG, `model.accepts_jpeg`) only the header
+is checked on the CPU and the bytes go on, and the batch is pinned before its
+copy to the GPU. On a GPU the limit is `bench gpu`'s loop (one decode thread
+per CPU readies the next batches while the GPU runs this one) instead of the
+tight loop; framepool runs `--replicas` workers on the device, Ray's replicas
+ask for 1/replicas of the one GPU (`ray start --num-gpus 1`), Triton's
+instances share it. The closed loop keeps 4-8 batches in flight. A GPU outruns
+one client process (`bench gpu`: ~0.45 ms of producer CPU a frame), so
+`--clients N` drives every system from N processes of its own (each with its
+own `FrameProducer`, Ray driver with `serve.get_app_handle`, HTTP clients or
+PyTriton client; 2-4 batches in flight each; the open loop's cameras dealt out,
+camera k to process k mod N, from one start time), whose CPU counts as the
+client's. A run on a GPU writes its own block, "Latest run on a GPU (peers)",
+and leaves the CPU's. On an offline GPU host: `benchmarks/gpu_host/run.sh
+peers` (docs/gpu-host.md).
+
+For each system: **closed-loop throughput** (4-8 batches outstanding; frames/s
 from the servers' completion stamps after the first 10%, counting the frames
 completed after the first kept stamp, so batches of 8 sharing a stamp do not
 inflate it; the tight loop is frames / wall time) and **open-loop latency** at
@@ -278,13 +302,25 @@ def _replicas(cfg: dict[str, Any]) -> str:
                 else f"one model with {cfg['torch_threads']}"))  # fmt: skip
 
 
+def _device(report: dict[str, Any]) -> str:
+    cfg, m = report["config"], report["machine"]
+    where = f"{m['gpu']} ({cfg['device']})" if m.get("gpu") else cfg["device"]
+    clients = cfg.get("clients", 1)
+    driven = (f"; every system driven from {clients} client processes (camera k in process "
+              f"k mod {clients})" if clients > 1 else "")  # fmt: skip
+    limit = "; the limit: `bench gpu`'s loop (decode threads feeding the GPU)" if (
+        cfg.get("limit") == "gpu.LimitLoop") else ""  # fmt: skip
+    return (f"- model {cfg.get('model', 'resnet18')}, device {where}, torch threads "
+            f"{cfg['torch_threads']}" + _replicas(cfg) + driven + limit)  # fmt: skip
+
+
 def latest_block(report: dict[str, Any]) -> str:
     m, cfg = report["machine"], report["config"]
     v = m["versions"]
     figs = report["figures"]
     lines = [
         *report_head(report),
-        f"- device {cfg['device']}, torch threads {cfg['torch_threads']}" + _replicas(cfg),
+        _device(report),
         f"- versions: Python {v['python']}, torch {v['torch']}, Celery {v['celery']}, "
         f"redis-server {v.get('redis-server', '?')}, ray {v.get('ray', '-')}, "
         f"nvidia-pytriton {v.get('nvidia-pytriton', '-')}, tritonclient "
@@ -381,10 +417,35 @@ def intro() -> str:
     return INTRO.format(**marks, HIST_HEADER=HIST_HEADER)
 
 
+def is_gpu(report: dict[str, Any]) -> bool:
+    return str(report["config"]["device"]).startswith("cuda")
+
+
 def update_docs(report: dict[str, Any], path: Path = DOCS) -> None:
-    """Replace the latest-run block and append a row to the history table."""
-    marks = (BEGIN, END, HIST_BEGIN, HIST_END)
-    update_doc_section(path, marks, intro(), latest_block(report), HIST_HEADER, history_row(report))
+    """Replace the latest-run block (the GPU's for a run on a GPU) and append a row to
+    the history table."""
+    if not is_gpu(report):
+        marks = (BEGIN, END, HIST_BEGIN, HIST_END)
+        update_doc_section(path, marks, intro(), latest_block(report), HIST_HEADER,
+                           history_row(report))  # fmt: skip
+        return
+    update_doc_section(path, (BEGIN, END, HIST_BEGIN, HIST_END), intro(), _cpu_block(path),
+                       HIST_HEADER, history_row(report))  # fmt: skip
+    text = path.read_text(encoding="utf-8")
+    if GPU_BEGIN not in text or GPU_END not in text:  # first GPU run: its block goes
+        hist = text.index("### History (peers)")  # before the history
+        text = f"{text[:hist]}{GPU_HEADING}\n\n{GPU_BEGIN}\n{GPU_END}\n\n{text[hist:]}"
+    head, rest = text.split(GPU_BEGIN, 1)
+    _, tail = rest.split(GPU_END, 1)
+    path.write_text(f"{head}{GPU_BEGIN}\n{latest_block(report)}\n{GPU_END}{tail}", encoding="utf-8")
+
+
+def _cpu_block(path: Path) -> str:
+    """The CPU's latest block as it stands (a GPU run leaves it alone)."""
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    if BEGIN in text and END in text:
+        return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
+    return "No run recorded yet: `framepool bench peers` rewrites this block."
 
 
 def print_summary(report: dict[str, Any]) -> None:

@@ -122,9 +122,9 @@ def open_stats(done: Sequence[tuple[int, Reply, float]], late_s: float) -> dict[
     return out
 
 
-def loop_frames(frames: int) -> int:
+def loop_frames(frames: int, batch: int = BATCH) -> int:
     """The tight loop is steady from its first batch: half the frames are enough."""
-    return max(8 * BATCH, frames // 2)
+    return max(8 * batch, frames // 2)
 
 
 def rotate(names: Sequence[str], r: int) -> list[str]:
@@ -138,8 +138,9 @@ def rotate(names: Sequence[str], r: int) -> list[str]:
 def cpu_split(cpu: dict[str, float]) -> dict[str, float]:
     """CpuMeter's per-process figures folded into server / client / others."""
     server = sum(v for k, v in cpu.items() if k.startswith("srv:"))
+    clients = sum(v for k, v in cpu.items() if k.startswith("cli:"))  # client processes
     return {
         "server": round(server, 3),
-        "client": cpu.get("producer", 0.0),
+        "client": round(cpu.get("producer", 0.0) + clients, 3),
         "others_cpus": cpu.get("others_cpus", 0.0),
     }

@@ -1,9 +1,10 @@
 """Triton (the ``nvidia-pytriton`` wheel) as a peer of framepool in ``framepool bench peers``.
 
 The server is a sandbox child, ``python -m benchmarks.peers_triton`` (the
-:func:`serve` below): it loads :class:`~benchmarks.peers_model.Resnet18Service`
+:func:`serve` below): it loads :class:`~benchmarks.peers_model.ModelService`
 and binds it with PyTriton as a Python model with dynamic batching (max batch
-8, 5 ms queue delay, as framepool's ``BATCH_TIMEOUT_MS``); the JPEG goes in as a
+the bench's cap, 5 ms queue delay, as framepool's ``BATCH_TIMEOUT_MS``), one
+model instance per replica; the JPEG goes in as a
 BYTES input, and decode + preprocess + forward + postprocess run in the
 ``@batch`` infer function. Requests take Triton's path: tritonserver (HTTP or
 gRPC) -> its Python backend stub -> PyTriton's proxy (ZeroMQ, shared memory) ->
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.peers_clients import AsyncBridge, Reply, kill_session
-from benchmarks.peers_model import MODEL_ID, Resnet18Service
+from benchmarks.peers_model import MODEL_ID, ModelService
 from benchmarks.sandbox import Child, Sandbox
 from framepool.redis_server import free_port
 
@@ -94,21 +95,26 @@ class TritonServer:
     """The PyTriton child and its ports."""
 
     def __init__(self, sb: Sandbox, models_root: str, device: str, threads: int, max_batch: int,
-                 timeout: float = 180.0, instances: int = 1) -> None:  # fmt: skip
+                 timeout: float = 180.0, instances: int = 1,
+                 model_id: str = MODEL_ID) -> None:  # fmt: skip
         self.version = _version()
+        self.model_id = model_id
         self.http_port, self.grpc_port = free_port(), free_port()
         argv = [sys.executable, "-m", "benchmarks.peers_triton", "--models-root", models_root]
         argv += ["--device", device, "--threads", str(threads), "--max-batch", str(max_batch)]
-        argv += ["--instances", str(instances)]
+        argv += ["--instances", str(instances), "--model", model_id]
         argv += ["--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port)]
         argv += ["--metrics-port", str(free_port()), "--workspace", str(sb.dir / "triton")]
         self.sb = sb
         self.child: Child = sb.spawn("triton", argv, server_env(threads))
         try:
-            sb.wait_until(self._ready, timeout, "Triton to serve resnet18", [self.child])
+            sb.wait_until(self._ready, timeout, f"Triton to serve {model_id}", [self.child])
         except BaseException:
             self.close()
             raise
+
+    def port(self, protocol: str) -> int:
+        return self.grpc_port if protocol == "grpc" else self.http_port
 
     def close(self) -> None:
         """The child's process group, then anything of its session left (tritonserver,
@@ -120,7 +126,7 @@ class TritonServer:
     def _ready(self) -> bool:
         import httpx
 
-        url = f"http://127.0.0.1:{self.http_port}/v2/models/{MODEL_ID}/ready"
+        url = f"http://127.0.0.1:{self.http_port}/v2/models/{self.model_id}/ready"
         try:
             return httpx.get(url, timeout=1.0).status_code == 200
         except httpx.HTTPError:
@@ -130,19 +136,28 @@ class TritonServer:
 class TritonClient:
     """Frames through PyTriton's ``AsyncioModelClient`` (``grpc`` or ``http``)."""
 
-    def __init__(self, server: TritonServer, protocol: str, jpegs: Sequence[bytes]) -> None:
+    def __init__(self, protocol: str, port: int, model_id: str, jpegs: Sequence[bytes]) -> None:
+        import warnings
+
         from pytriton.client import AsyncioModelClient
 
+        # "tritonclient.grpc doesn't support timeout for other commands than infer": once
+        # per client, in every client process; the inference timeout still holds
+        warnings.filterwarnings("ignore", message="tritonclient.grpc doesn't support timeout")
+
         self.name = f"triton_{protocol}"
-        port = server.grpc_port if protocol == "grpc" else server.http_port
         url = f"{protocol}://127.0.0.1:{port}"
         self.jpegs = jpegs
         self.bridge = AsyncBridge()
 
         async def make() -> Any:
-            return AsyncioModelClient(url, MODEL_ID, init_timeout_s=60.0, inference_timeout_s=120.0)
+            return AsyncioModelClient(url, model_id, init_timeout_s=60.0, inference_timeout_s=120.0)
 
         self.client = self.bridge.call(make())
+
+    @classmethod
+    def of(cls, server: TritonServer, protocol: str, jpegs: Sequence[bytes]) -> TritonClient:
+        return cls(protocol, server.port(protocol), server.model_id, jpegs)
 
     async def _infer(self, frame: bytes) -> dict[str, Any]:
         import numpy as np
@@ -166,13 +181,14 @@ class TritonClient:
 
 # ------------------------------------------------------------------ the child
 def serve(argv: Sequence[str] | None = None) -> None:
-    """Load resnet18, bind it with PyTriton, serve until signalled."""
+    """Load the model, bind it with PyTriton, serve until signalled."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.peers_triton")
     p.add_argument("--models-root", required=True)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--max-batch", type=int, default=8)
     p.add_argument("--instances", type=int, default=1, help="model instances (threads)")
+    p.add_argument("--model", default=MODEL_ID)
     p.add_argument("--http-port", type=int, required=True)
     p.add_argument("--grpc-port", type=int, required=True)
     p.add_argument("--metrics-port", type=int, required=True)
@@ -184,7 +200,7 @@ def serve(argv: Sequence[str] | None = None) -> None:
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
 
-    service = Resnet18Service(args.models_root, args.device, args.threads)
+    service = ModelService(args.models_root, args.device, args.threads, args.model)
 
     def make_infer() -> Any:  # one callable per model instance (PyTriton runs each in a thread)
         @batch
@@ -219,7 +235,7 @@ def serve(argv: Sequence[str] | None = None) -> None:
     )
     with Triton(config=config, workspace=args.workspace) as triton:
         triton.bind(
-            model_name=MODEL_ID,
+            model_name=args.model,
             infer_func=infers if len(infers) > 1 else infers[0],
             inputs=[Tensor(name="frame", dtype=bytes, shape=(1,))],
             outputs=[

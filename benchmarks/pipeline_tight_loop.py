@@ -1,7 +1,7 @@
 """The model's own tight loop: the limit ``framepool bench pipeline`` (and peers) compare with.
 
-resnet18's decode + preprocess + forward + postprocess in one process, batch
-BATCH, no queue in between.
+resnet18's (or another model's) decode + preprocess + forward + postprocess in
+one process, batch BATCH (or another cap), no queue in between.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from benchmarks.peers_model import FRAME_SIZE, MODEL_ID, on_device, prepare
 from benchmarks.pipeline_clients import CpuMeter, Run
 from benchmarks.pipeline_report import BATCH
 from benchmarks.sandbox import BenchError
@@ -20,9 +21,10 @@ from framepool.settings import Settings
 
 def tight_loop(
     settings: Settings, jpegs: Sequence[bytes], n: int, threads: int, device: str = "cpu",
-    replicas: int = 1,
+    replicas: int = 1, model_id: str = MODEL_ID, batch: int = BATCH,
 ) -> Run:  # fmt: skip
-    """resnet18's decode + preprocess + forward + postprocess in one process, batch BATCH.
+    """``model_id``'s decode + preprocess + forward + postprocess in one process, batches
+    of ``batch``.
 
     Threads as in the worker: the model is loaded and warmed up in the main
     thread (``WorkerRuntime.load``), and the loop runs in a thread of its own
@@ -41,7 +43,7 @@ def tight_loop(
     if replicas < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")
     torch.set_num_threads(max(1, threads // replicas))  # the worker gets OMP_NUM_THREADS
-    _loop_model(settings, device)  # load + warm up here, in the main thread
+    _loop_model(settings, device, model_id)  # load + warm up here, in the main thread
     shares = [len(range(r, n, replicas)) for r in range(replicas)]  # frames per loop thread
     box: list[float | BaseException] = []
     clock: dict[str, Any] = {}
@@ -53,11 +55,11 @@ def tight_loop(
 
     def target(share: int) -> None:
         try:
-            one_batch = _batch_runner(settings, jpegs, device)
-            one_batch(0, BATCH)  # warm-up
+            one_batch = _batch_runner(settings, jpegs, device, model_id)
+            one_batch(0, batch)  # warm-up
             started.wait()
-            for start in range(0, share, BATCH):
-                one_batch(start, min(BATCH, share - start))
+            for start in range(0, share, batch):
+                one_batch(start, min(batch, share - start))
             box.append(time.perf_counter())
         except BaseException as exc:  # re-raised in the caller
             box.append(exc)  # before the abort, so that it is the first error seen
@@ -84,29 +86,21 @@ def tight_loop(
 
 
 def _batch_runner(
-    settings: Settings, jpegs: Sequence[bytes], device: str = "cpu"
+    settings: Settings, jpegs: Sequence[bytes], device: str = "cpu", model_id: str = MODEL_ID
 ) -> Callable[[int, int], None]:
     """``one_batch(start, count)``: frames ``start``.. of ``jpegs`` through the model."""
     import torch
 
-    from framepool.codec import decode
-
-    model = _loop_model(settings, device)
-    min_size = model.manifest.input_size
+    model = _loop_model(settings, device, model_id)
     k = len(jpegs)
 
     def one_batch(start: int, count: int) -> None:
         inputs, sizes = [], []
         for i in range(start, start + count):
-            image = decode(
-                jpegs[i % k],
-                max_bytes=settings.max_frame_bytes,
-                max_pixels=settings.max_frame_pixels,
-                min_size=min_size,
-            )
-            inputs.append(model.preprocess(image))
-            sizes.append((640, 480))
-        x = model.to_device(model.collate(inputs))  # as the worker's runner does
+            inputs.append(prepare(model, jpegs[i % k], settings.max_frame_bytes,
+                                  settings.max_frame_pixels))  # fmt: skip
+            sizes.append(FRAME_SIZE)
+        x = on_device(model, inputs)  # as the worker's runner does
         with torch.inference_mode():
             raw = model.infer(x)
             outputs = model.postprocess(raw, sizes)
@@ -118,12 +112,12 @@ def _batch_runner(
 _MODEL_CACHE: dict[str, Any] = {}
 
 
-def _loop_model(settings: Settings, device: str = "cpu") -> Any:
+def _loop_model(settings: Settings, device: str = "cpu", model_id: str = MODEL_ID) -> Any:
     from models.registry import load_model
 
-    key = f"resnet18@{device}"
+    key = f"{model_id}@{device}"
     if key not in _MODEL_CACHE:
-        model = load_model(settings.models_root, "resnet18", device)
+        model = load_model(settings.models_root, model_id, device)
         model.warmup(batch_size=1)  # as the worker does, in the loading thread
         _MODEL_CACHE[key] = model
     return _MODEL_CACHE[key]

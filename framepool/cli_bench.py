@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -31,6 +32,12 @@ def bench_pipeline(frames: int, repeats: int, out: str, no_docs: bool) -> None:
 
 
 @bench.command(name="peers")
+@click.option("--model", "model_id", default="resnet18", show_default=True,
+              help="the model every system runs")  # fmt: skip
+@click.option("--batch", default=8, show_default=True, type=click.IntRange(1, 1024),
+              help="the batch cap of every system, also the limit's batch")  # fmt: skip
+@click.option("--device", default=None,
+              help="cpu or cuda:N [cuda:0 when CUDA is available, else cpu]")  # fmt: skip
 @click.option("--frames", default=400, show_default=True, type=click.IntRange(16),
               help="frames per closed-loop run")  # fmt: skip
 @click.option("--latency-frames", type=click.IntRange(16),
@@ -44,9 +51,15 @@ def bench_pipeline(frames: int, repeats: int, out: str, no_docs: bool) -> None:
 @click.option("--replicas", default=1, show_default=True, type=click.IntRange(1, 16),
               help="framepool worker processes, Ray replicas and Triton instances, the torch "
               "threads shared out among them (the direct call keeps one model)")  # fmt: skip
+@click.option("--clients", default=1, show_default=True, type=click.IntRange(1, 64),
+              help="client processes per system (1: the bench process drives them all; a "
+              "GPU outruns one process: 8 there)")  # fmt: skip
 @click.option("--out", default="benchmarks/results/peers.json", show_default=True)
 @click.option("--no-docs", is_flag=True, help="leave docs/benchmarks.md alone (a trial run)")
 def bench_peers(
+    model_id: str,
+    batch: int,
+    device: str | None,
     frames: int,
     latency_frames: int | None,
     repeats: int,
@@ -54,6 +67,7 @@ def bench_peers(
     cameras: int,
     peers_: str,
     replicas: int,
+    clients: int,
     out: str,
     no_docs: bool,
 ) -> None:
@@ -62,12 +76,20 @@ def bench_peers(
     chosen = [] if peers_.strip() == "none" else split_list(peers_)
     if any(p not in ("ray", "triton") for p in chosen):
         fail(f"--peers takes ray, triton (comma-separated) or none; got {peers_!r}")
+    _check_device(device)
+    check_models(load_settings(), [model_id])
     from benchmarks.peers import main as run
 
     sys.exit(run(frames=frames, repeats=repeats, out=Path(out), started=started,
                  latency_frames=latency_frames, load=load, cameras=cameras,
                  peers=tuple(p for p in ("ray", "triton") if p in chosen),
-                 docs=not no_docs, replicas=replicas))  # fmt: skip
+                 docs=not no_docs, replicas=replicas, model=model_id, batch=batch,
+                 device=device, clients=clients))  # fmt: skip
+
+
+def _check_device(device: str | None) -> None:
+    if device is not None and not (device == "cpu" or re.fullmatch(r"cuda:\d+", device)):
+        fail(f"--device must be cpu or cuda:N, got {device!r}")
 
 
 @bench.command(name="ab")
@@ -259,8 +281,7 @@ def bench_gpu(model_id: str, batch: int, frames: int, repeats: int, counts: str,
     """One model on one GPU end to end: the model's limit, framepool, plain Celery, GPU use."""
     started = time.time()
     numbers = _counts(counts, "--workers")
-    if device is not None and not (device == "cpu" or device.startswith("cuda:")):
-        fail(f"--device must be cpu or cuda:N, got {device!r}")
+    _check_device(device)
     check_models(load_settings(), [model_id])
     from benchmarks.gpu import main as run
 

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import torch
 
 from benchmarks import harness, peers_ray, peers_report, peers_triton
 from benchmarks.peers_clients import PeerClient, run_closed, session_pids
+from benchmarks.producer_procs import ClientProcesses
 from benchmarks.sandbox import Sandbox
 from framepool.settings import Settings
 
@@ -69,6 +71,29 @@ def test_replicas_for_framepool_and_the_direct_call_alike(tmp_path: Path) -> Non
     assert "the direct call 2 model threads sharing one model" in block
 
 
+def test_client_processes_drive_each_system_and_a_model_of_the_users_choice(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "peers.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "framepool.cli", "bench", "peers", "--model", "noop", "--batch",
+         "4", "--clients", "2", "--frames", "32", "--latency-frames", "16", "--repeats", "1",
+         "--peers", "none", "--no-docs", "--out", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    cfg = report["config"]
+    assert (cfg["model"], cfg["max_batch_size"], cfg["clients"]) == ("noop", 4, 2)
+    assert cfg["closed_loop_outstanding"] == [16, 32]  # 2-4 batches from each of 2
+    assert "--model noop --batch 4" in report["command"] and "--clients 2" in report["command"]
+    fp = report["details"]["closed"]["framepool"][0]
+    assert fp["frames"] == 32 and 1 <= fp["mean_batch_size"] <= 4
+    assert fp["cpu_ms_per_frame"]["client"] > 0  # the client processes' CPU, counted
+    opened = report["details"]["open"]["framepool"][0]
+    assert opened["frames"] == 16 and opened["e2e_p50_ms"] > 0
+
+
 @pytest.fixture
 def sandbox() -> Iterator[Sandbox]:
     with Sandbox() as sb:
@@ -94,12 +119,16 @@ def test_ray_serve_answers_through_the_handle_and_http(sandbox: Sandbox) -> None
     serve = peers_ray.RayServe(sandbox, _models_root(), "cpu", torch.get_num_threads(), 8, 16)
     try:
         assert session_pids(serve.head.pid)  # the whole cluster lives in the head's session
-        _check_a_few_frames(peers_ray.RayHandleClient(serve, jpegs))
-        http = peers_ray.RayHttpClient(serve, jpegs, 16)
+        _check_a_few_frames(peers_ray.RayHandleClient(serve.handle, jpegs))
+        http = peers_ray.RayHttpClient(serve.url, jpegs, 16)
         try:
             _check_a_few_frames(http)
         finally:
             http.close()
+        # client processes, each a driver of its own (bench peers --clients)
+        with ClientProcesses(partial(peers_ray.handle_client, serve.gcs_port), jpegs, 2) as procs:
+            replies, _ = procs.run(12, 3)
+        assert len(replies) == 12 and all(r.inference_ms > 0 for r in replies)
         sid = serve.head.pid
     finally:
         serve.close()
@@ -113,11 +142,15 @@ def test_pytriton_answers_over_grpc_and_http(sandbox: Sandbox) -> None:
     jpegs = harness.test_frames(4)
     server = peers_triton.TritonServer(sandbox, _models_root(), "cpu", torch.get_num_threads(), 8)
     for proto in ("grpc", "http"):
-        client = peers_triton.TritonClient(server, proto, jpegs)
+        client = peers_triton.TritonClient.of(server, proto, jpegs)
         try:
             _check_a_few_frames(client)
         finally:
             client.close()
+    factory = partial(peers_triton.TritonClient, "grpc", server.grpc_port, server.model_id)
+    with ClientProcesses(factory, jpegs, 2) as procs:  # bench peers --clients
+        replies, _ = procs.run(12, 3)
+    assert len(replies) == 12 and all(r.inference_ms > 0 for r in replies)
     sid = server.child.pid
     assert len(session_pids(sid)) >= 2  # the child and tritonserver (and its stub)
     server.close()

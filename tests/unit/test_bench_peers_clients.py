@@ -123,15 +123,18 @@ def test_the_tight_loop_shares_the_frames_and_torch_threads_among_replicas(
 
     ran: dict[str, list[int]] = {}
     seen_threads: set[int] = set()
+    models: set[str] = set()
 
-    def runner(settings: Any, jpegs: Any, device: str = "cpu") -> Any:
+    def runner(settings: Any, jpegs: Any, device: str = "cpu", model_id: str = "?") -> Any:
+        models.add(model_id)
+
         def one_batch(start: int, count: int) -> None:
             ran.setdefault(threading.current_thread().name, []).append(count)
             seen_threads.add(torch.get_num_threads())
 
         return one_batch
 
-    monkeypatch.setattr(tl, "_loop_model", lambda settings, device="cpu": None)
+    monkeypatch.setattr(tl, "_loop_model", lambda *args: None)
     monkeypatch.setattr(tl, "_batch_runner", runner)
     before = torch.get_num_threads()
     try:
@@ -140,8 +143,13 @@ def test_the_tight_loop_shares_the_frames_and_torch_threads_among_replicas(
         # a warm-up batch of 8 each, then 11 and 10 frames in batches of up to 8
         assert ran == {"tight-loop-0": [8, 8, 3], "tight-loop-1": [8, 8, 2]}
         assert seen_threads == {1}  # 2 torch threads shared out among 2 loops
+        assert models == {"resnet18"}
+        ran.clear()
+        run = tl.tight_loop(Settings(), [b"x"], 10, 2, model_id="noop", batch=4)
+        assert ran == {"tight-loop-0": [4, 4, 4, 2]}  # warm-up, then 10 frames in 4s
+        assert models == {"resnet18", "noop"}
 
-        def broken(settings: Any, jpegs: Any, device: str = "cpu") -> Any:
+        def broken(settings: Any, jpegs: Any, device: str = "cpu", model_id: str = "?") -> Any:
             raise RuntimeError("model broke")
 
         monkeypatch.setattr(tl, "_batch_runner", broken)

@@ -4,6 +4,7 @@ block, the docs section and its history rows, and the printed summary."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -174,3 +175,40 @@ def test_print_summary(report: dict[str, Any], capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     assert "framepool (worker process, FrameProducer)" in out and "0.83x" in out
     assert "- triton: not installed" in out
+
+
+def test_a_gpu_run_has_its_own_latest_block_and_leaves_the_cpus_alone(
+    report: dict[str, Any], tmp_path: Path
+) -> None:
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n")
+    peers_report.update_docs(report, doc)  # a CPU run first
+    cpu_block = doc.read_text().split(peers_report.BEGIN)[1].split(peers_report.END)[0]
+    gpu = copy.deepcopy(report)
+    gpu["date"] = "2030-02-01 00:00 UTC"
+    gpu["machine"]["gpu"] = "NVIDIA H100 80GB HBM3"
+    gpu["config"].update(device="cuda:0", model="resnet50", max_batch_size=64, clients=8,
+                         limit="gpu.LimitLoop")  # fmt: skip
+    for _ in range(2):
+        peers_report.update_docs(gpu, doc)
+    text = doc.read_text()
+    assert text.split(peers_report.BEGIN)[1].split(peers_report.END)[0] == cpu_block
+    assert text.count(peers_report.GPU_HEADING) == 1 and text.count(peers_report.GPU_BEGIN) == 1
+    block = text.split(peers_report.GPU_BEGIN)[1].split(peers_report.GPU_END)[0]
+    assert "Run 2030-02-01 00:00 UTC" in block
+    assert "- model resnet50, device NVIDIA H100 80GB HBM3 (cuda:0)" in block
+    assert "driven from 8 client processes" in block and "`bench gpu`'s loop" in block
+    assert "batch cap 64" in block
+    assert text.index(peers_report.GPU_END) < text.index("### History (peers)")
+    history = text.split(peers_report.HIST_BEGIN)[1].split(peers_report.HIST_END)[0]
+    assert [ln[:22] for ln in history.splitlines() if ln.startswith("| 2030-")] == [
+        "| 2030-01-01 00:00 UTC",
+        "| 2030-02-01 00:00 UTC",
+        "| 2030-02-01 00:00 UTC",
+    ]
+    cpu_again = copy.deepcopy(report)
+    cpu_again["date"] = "2030-03-01 00:00 UTC"
+    peers_report.update_docs(cpu_again, doc)  # and a CPU run leaves the GPU's alone
+    text = doc.read_text()
+    assert "Run 2030-03-01" in text.split(peers_report.BEGIN)[1].split(peers_report.END)[0]
+    assert "Run 2030-02-01" in text.split(peers_report.GPU_BEGIN)[1].split(peers_report.GPU_END)[0]

@@ -133,6 +133,45 @@ def test_rotate_gives_every_system_a_turn_first() -> None:
 def test_cpu_split_folds_server_processes() -> None:
     cpu = {"srv:10": 4.0, "srv:11": 1.5, "producer": 2.0, "others_cpus": 0.3}
     assert peers.cpu_split(cpu) == {"server": 5.5, "client": 2.0, "others_cpus": 0.3}
+    cpu.update({"cli:20": 1.25, "cli:21": 0.75})  # --clients: the client processes' too
+    assert peers.cpu_split(cpu) == {"server": 5.5, "client": 4.0, "others_cpus": 0.3}
+
+
+def test_an_open_schedule_is_dealt_to_client_processes_by_camera() -> None:
+    from benchmarks.producer_procs import by_camera
+
+    sched = peers.open_schedule(40, 100.0, 4)
+    parts = by_camera(sched, 3)
+    assert sorted(i for part in parts for i, _, _ in part) == list(range(40))  # none lost
+    for k, part in enumerate(parts):
+        assert {c % 3 for _, _, c in part} == {k}  # a camera stays with one process
+        assert [t for _, t, _ in part] == sorted(t for _, t, _ in part)  # in send order
+        assert all(sched[i][0] == t and sched[i][1] == c for i, t, c in part)
+    assert [len(p) for p in by_camera(sched, 8)[4:]] == [0, 0, 0, 0]  # 4 cameras, 8 processes
+    with pytest.raises(ValueError):
+        by_camera(sched, 0)
+
+
+def test_the_plan_keeps_4_to_8_batches_in_flight_or_2_to_4_per_client_process() -> None:
+    from benchmarks.peers import Plan
+
+    plan = Plan(64, 32, 1, 0.5, 4, (), 2, "cpu")
+    assert (plan.batch, plan.chunk, plan.cuda) == (8, 32, False)  # as before: 32-64
+    gpu = Plan(64, 32, 1, 0.5, 4, (), 16, "cuda:0", 1, "resnet50", 64, 8)
+    assert (gpu.chunk, gpu.cuda, gpu.model) == (128, True, "resnet50")
+
+
+def test_the_command_line_names_model_batch_device_and_clients_when_not_the_default() -> None:
+    from benchmarks.peers import command_line
+
+    plain = command_line(400, None, 3, 0.5, 4, ("ray", "triton"))
+    assert plain == "framepool bench peers --frames 400 --repeats 3 --load 0.5 --cameras 4"
+    gpu = command_line(4000, None, 1, 0.5, 4, ("ray", "triton"), model="resnet50", batch=64,
+                       device="cuda:0", clients=8)  # fmt: skip
+    assert gpu == (
+        "framepool bench peers --model resnet50 --batch 64 --device cuda:0 --frames 4000 "
+        "--repeats 1 --load 0.5 --cameras 4 --clients 8"
+    )
 
 
 # ------------------------------------------------------------------ command line
@@ -141,3 +180,32 @@ def test_cli_refuses_unknown_peers() -> None:
 
     res = CliRunner().invoke(main, ["bench", "peers", "--peers", "ray,torchserve"])
     assert res.exit_code == 2 and "--peers takes ray, triton" in res.output
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--device", "gpu"], "--device must be cpu or cuda:N, got 'gpu'"),
+        (["--device", "cuda:x"], "--device must be cpu or cuda:N"),
+        (["--model", "nope"], "unknown model 'nope'"),
+        (["--batch", "0"], "--batch"),
+        (["--clients", "0"], "--clients"),
+    ],
+)
+def test_cli_refuses_a_bad_model_device_batch_or_clients(args: list[str], says: str) -> None:
+    from framepool.cli import main
+
+    res = CliRunner().invoke(main, ["bench", "peers", *args])
+    assert res.exit_code == 2 and says in res.output
+
+
+def test_cli_says_there_is_no_cuda_device_when_one_is_asked_for() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is here")
+    from pathlib import Path
+
+    from benchmarks.peers import main
+
+    assert main(16, 1, Path("/nonexistent/peers.json"), 0.0, device="cuda:0") == 2
