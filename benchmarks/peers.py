@@ -133,11 +133,12 @@ class Limit:
     (decode threads, one per CPU, preparing the next batches while the GPU runs
     this one: :class:`benchmarks.gpu.LimitLoop`)."""
 
-    def __init__(self, plan: Plan, jpegs: Sequence[bytes]) -> None:
+    def __init__(self, plan: Plan, jpegs: Sequence[bytes], threaded: bool | None = None) -> None:
+        """``threaded``: the GPU's loop (default: on a GPU), which runs on the CPU too."""
         self.plan, self.jpegs = plan, jpegs
         self.settings = Settings(max_batch_size=plan.batch)
         self.loop: Any = None
-        if plan.cuda:
+        if plan.cuda if threaded is None else threaded:
             from benchmarks import gpu
 
             gplan = gpu.Plan(plan.model, plan.batch, plan.frames, plan.repeats, (), plan.clients,

@@ -221,3 +221,28 @@ def test_drivers_send_every_frame_once_and_read_every_reply() -> None:
     assert all(ms >= 0 for _, _, ms in done) and late >= 0
     sent = [r.sent_at for _, r, _ in done]
     assert all(t is not None for t in sent) and sent == sorted(sent)  # type: ignore[type-var]
+
+
+@pytest.mark.parametrize("threaded", [False, True])
+def test_the_limit_runs_the_chosen_model_at_the_chosen_batch(threaded: bool) -> None:
+    """The direct call's closed loop: the tight loop, or (as on a GPU) bench gpu's loop
+    with decode threads; both with the plan's model and batch cap."""
+    from benchmarks.harness import test_frames
+    from benchmarks.peers import Limit, Plan
+
+    plan = Plan(64, 32, 1, 0.5, 4, (), 1, "cpu", 1, "noop", 4)
+    limit = Limit(plan, test_frames(4), threaded=threaded)
+    try:
+        assert (limit.loop is not None) == threaded
+        if threaded:
+            assert (limit.loop.model.id, limit.loop.plan.batch) == ("noop", 4)
+        stats = limit.run(24)
+        if not threaded:
+            from benchmarks.pipeline_tight_loop import _MODEL_CACHE
+
+            assert "noop@cpu" in _MODEL_CACHE  # the plan's model, not resnet18
+    finally:
+        limit.close()
+    assert stats["frames"] == 24 and stats["mean_batch_size"] == 4.0
+    assert stats["steady_fps"] > 0 and stats["wall_fps"] > 0
+    assert stats["cpu_ms_per_frame"]["client"] > 0 and stats["cpu_ms_per_frame"]["server"] == 0
