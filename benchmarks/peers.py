@@ -230,7 +230,10 @@ def start_systems(
         else:
             closers.append(ray.close)
             handle = peers_ray.RayHandleClient(ray.handle, jpegs)
-            concurrency = 2 * plan.chunk  # per client: as many as it keeps in flight
+            # per client: as many connections as it keeps frames in flight, but at most 64
+            # a process with --clients (8 x 64 = 8 batches of 64 in flight, and the
+            # proxy's open files stay well under a 1024 limit)
+            concurrency = 2 * plan.chunk if plan.clients == 1 else min(2 * plan.chunk, 64)
             http = peers_ray.RayHttpClient(ray.url, jpegs, concurrency)
             closers.append(http.close)
             ray_pids = partial(session_pids, ray.head.pid)
