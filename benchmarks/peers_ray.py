@@ -243,10 +243,11 @@ def handle_client(gcs_port: int, jpegs: Sequence[bytes]) -> RayHandleClient:
     handle (``bench peers --clients``)."""
     import logging
 
+    _use_ray_env()  # before ray's import, which reads some of them
+
     import ray
     from ray import serve
 
-    _use_ray_env()
     for name in ("ray", "ray.serve"):
         logging.getLogger(name).setLevel(logging.WARNING)
     ray.init(address=f"127.0.0.1:{gcs_port}", logging_level=logging.WARNING, log_to_driver=False,
