@@ -4,7 +4,7 @@
 # Run it where pip reaches an index; the wheels are for CPython 3.12 on manylinux
 # x86-64, whatever Python runs this. Versions are pinned to the ones in .venv/ (what
 # CI tests). Then carry `.whl` to the host and run benchmarks/gpu_host/run.sh there.
-# docs/gpu-host.md says why each package is here and what does not fit.
+# docs/gpu-host.md says why each package is here; fetch_peer_wheels.sh brings the GPU peers.
 #
 #   bash benchmarks/gpu_host/fetch_wheels.sh
 #

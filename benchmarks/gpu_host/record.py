@@ -1,12 +1,13 @@
 """Back home: record reports brought back from the GPU host as a local run would.
 
-``run.sh`` on the host runs ``framepool bench gpu --no-docs`` (and ``bench models``),
-so its copy of docs/benchmarks.md is left behind there; this takes the JSON it
-returned, writes it where a local run writes it (``benchmarks/results/``), prints
-the summary and rewrites the bench's section of docs/benchmarks.md, with the
-benches' own :func:`benchmarks.harness.save_report` and ``update_docs``::
+``run.sh`` on the host runs ``framepool bench gpu --no-docs`` (and ``bench models``,
+``bench peers --no-docs``), so its copy of docs/benchmarks.md is left behind there;
+this takes the JSON it returned, writes it where a local run writes it
+(``benchmarks/results/``), prints the summary and rewrites the bench's section of
+docs/benchmarks.md, with the benches' own :func:`benchmarks.harness.save_report`
+and ``update_docs``::
 
-    python -m benchmarks.gpu_host.record gpu-out/gpu.json [gpu-out/models.json]
+    python -m benchmarks.gpu_host.record gpu-out/gpu.json [gpu-out/models.json] [gpu-out/peers.json]
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from benchmarks import gpu_report, models_report
+from benchmarks import gpu_report, models_report, peers_report
 from benchmarks.harness import ROOT, save_report
 
 Report = dict[str, Any]
@@ -38,6 +39,9 @@ KINDS = {
     ),
     "framepool bench models": Kind(
         "models.json", models_report.DOCS, models_report.update_docs, models_report.print_summary
+    ),
+    "framepool bench peers": Kind(
+        "peers.json", peers_report.DOCS, peers_report.update_docs, peers_report.print_summary
     ),
 }
 
@@ -59,7 +63,7 @@ def record(path: Path, results: Path, docs: bool = True) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("reports", nargs="+", type=Path, help="gpu.json / models.json")
+    parser.add_argument("reports", nargs="+", type=Path, help="gpu.json / models.json / peers.json")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results",
                         help="where the JSON is kept (default: %(default)s)")  # fmt: skip
     parser.add_argument("--no-docs", action="store_true", help="print only; docs untouched")
