@@ -163,49 +163,54 @@ def start_systems(
         System("framepool", fp, lambda: fp_pids), plan,
         partial(framepool_client, sb.redis_url, batch, model), jpegs, closers,
     )  # fmt: skip
-    if "ray" in plan.peers and status["ray"] is None:
-        log("ray: starting a private cluster and the @serve.batch deployment")
-        try:
-            ray = peers_ray.RayServe(sb, root, plan.device, plan.threads_each, batch, outstanding,
-                                     replicas=n, model_id=model)  # fmt: skip
-        except Exception as exc:
-            why = f"failed to start: {type(exc).__name__}: {exc}"[:2000]
-            status["ray"] = why
-            log(f"ray: {why}")
-        else:
-            closers.append(ray.close)
-            handle = peers_ray.RayHandleClient(ray.handle, jpegs)
-            # per client: as many connections as it keeps frames in flight, but at most 64
-            # a process with --clients (8 x 64 = 8 batches of 64 in flight, and the
-            # proxy's open files stay well under a 1024 limit)
-            concurrency = 2 * plan.chunk if plan.clients == 1 else min(2 * plan.chunk, 64)
-            http = peers_ray.RayHttpClient(ray.url, jpegs, concurrency)
-            closers.append(http.close)
-            ray_pids = partial(session_pids, ray.head.pid)
-            systems["ray_handle"] = _with_procs(
-                System("ray_handle", handle, ray_pids), plan,
-                partial(peers_ray.handle_client, ray.gcs_port), jpegs, closers,
-            )  # fmt: skip
-            systems["ray_http"] = _with_procs(
-                System("ray_http", http, ray_pids), plan,
-                partial(peers_ray.http_client, ray.url, concurrency), jpegs, closers,
-            )  # fmt: skip
-    if "triton" in plan.peers and status["triton"] is None:
-        log("triton: starting PyTriton")
-        try:
-            tri = peers_triton.TritonServer(sb, root, plan.device, plan.threads_each, batch,
-                                            instances=n, model_id=model)  # fmt: skip
-        except Exception as exc:
-            why = f"failed to start: {type(exc).__name__}: {exc}"[:2000]
-            status["triton"] = why
-            log(f"triton: {why}")
-        else:
-            closers.append(tri.close)
-            tri_pids = partial(session_pids, tri.child.pid)
-            for proto in ("grpc", "http"):
-                c = peers_triton.TritonClient.of(tri, proto, jpegs)
-                closers.append(c.close)
-                factory = partial(peers_triton.TritonClient, proto, tri.port(proto), model)
-                systems[c.name] = _with_procs(System(c.name, c, tri_pids), plan, factory, jpegs,
-                                              closers)  # fmt: skip
+    ray = _start_peer("ray", "starting a private cluster and the @serve.batch deployment",
+                      plan, status, partial(peers_ray.RayServe, sb, root, plan.device,
+                                            plan.threads_each, batch, outstanding,
+                                            replicas=n, model_id=model))  # fmt: skip
+    if ray is not None:
+        closers.append(ray.close)
+        handle = peers_ray.RayHandleClient(ray.handle, jpegs)
+        # per client: as many connections as it keeps frames in flight, but at most 64
+        # a process with --clients (8 x 64 = 8 batches of 64 in flight, and the
+        # proxy's open files stay well under a 1024 limit)
+        concurrency = 2 * plan.chunk if plan.clients == 1 else min(2 * plan.chunk, 64)
+        http = peers_ray.RayHttpClient(ray.url, jpegs, concurrency)
+        closers.append(http.close)
+        ray_pids = partial(session_pids, ray.head.pid)
+        systems["ray_handle"] = _with_procs(
+            System("ray_handle", handle, ray_pids), plan,
+            partial(peers_ray.handle_client, ray.gcs_port), jpegs, closers,
+        )  # fmt: skip
+        systems["ray_http"] = _with_procs(
+            System("ray_http", http, ray_pids), plan,
+            partial(peers_ray.http_client, ray.url, concurrency), jpegs, closers,
+        )  # fmt: skip
+    tri = _start_peer("triton", "starting PyTriton", plan, status,
+                      partial(peers_triton.TritonServer, sb, root, plan.device, plan.threads_each,
+                              batch, instances=n, model_id=model))  # fmt: skip
+    if tri is not None:
+        closers.append(tri.close)
+        tri_pids = partial(session_pids, tri.child.pid)
+        for proto in ("grpc", "http"):
+            c = peers_triton.TritonClient.of(tri, proto, jpegs)
+            closers.append(c.close)
+            factory = partial(peers_triton.TritonClient, proto, tri.port(proto), model)
+            systems[c.name] = _with_procs(System(c.name, c, tri_pids), plan, factory, jpegs,
+                                          closers)  # fmt: skip
     return systems
+
+
+def _start_peer(name: str, what: str, plan: Plan, status: dict[str, str | None],
+                start: Callable[[], Any]) -> Any:  # fmt: skip
+    """``start()`` for a peer that was chosen and can run; None, with the reason in
+    ``status``, where it was not chosen, cannot run here or failed to start."""
+    if name not in plan.peers or status[name] is not None:
+        return None
+    log(f"{name}: {what}")
+    try:
+        return start()
+    except Exception as exc:
+        why = f"failed to start: {type(exc).__name__}: {exc}"[:2000]
+        status[name] = why
+        log(f"{name}: {why}")
+        return None
