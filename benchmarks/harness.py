@@ -199,7 +199,7 @@ def update_doc_section(
     path: Path,
     marks: tuple[str, str, str, str],
     intro: str,
-    latest: str,
+    latest: str | None,
     history_header: str,
     history_row: str,
 ) -> None:
@@ -207,18 +207,20 @@ def update_doc_section(
 
     ``marks`` are the four HTML comments (latest begin/end, history begin/end).
     The first time, ``intro`` (which must hold all four) is appended to the file;
-    nothing outside the markers is touched afterwards.
+    nothing outside the markers is touched afterwards. ``latest`` None leaves the
+    latest block as it is (a run that has a block of its own elsewhere).
     """
     begin, end, hist_begin, hist_end = marks
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
     if not all(m in text for m in marks):
         text = text.rstrip("\n") + "\n" + intro
-    text = re.sub(
-        re.escape(begin) + r".*?" + re.escape(end),
-        lambda _: f"{begin}\n{latest}\n{end}",
-        text,
-        flags=re.DOTALL,
-    )
+    if latest is not None:
+        text = re.sub(
+            re.escape(begin) + r".*?" + re.escape(end),
+            lambda _: f"{begin}\n{latest}\n{end}",
+            text,
+            flags=re.DOTALL,
+        )
     head, rest = text.split(hist_begin, 1)
     table, tail = rest.split(hist_end, 1)
     lines = [ln for ln in table.strip("\n").splitlines() if ln.strip()]

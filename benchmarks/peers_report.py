@@ -424,13 +424,12 @@ def is_gpu(report: dict[str, Any]) -> bool:
 def update_docs(report: dict[str, Any], path: Path = DOCS) -> None:
     """Replace the latest-run block (the GPU's for a run on a GPU) and append a row to
     the history table."""
-    if not is_gpu(report):
-        marks = (BEGIN, END, HIST_BEGIN, HIST_END)
-        update_doc_section(path, marks, intro(), latest_block(report), HIST_HEADER,
-                           history_row(report))  # fmt: skip
+    gpu = is_gpu(report)
+    update_doc_section(path, (BEGIN, END, HIST_BEGIN, HIST_END), intro(),
+                       None if gpu else latest_block(report), HIST_HEADER,
+                       history_row(report))  # fmt: skip
+    if not gpu:
         return
-    update_doc_section(path, (BEGIN, END, HIST_BEGIN, HIST_END), intro(), _cpu_block(path),
-                       HIST_HEADER, history_row(report))  # fmt: skip
     text = path.read_text(encoding="utf-8")
     if GPU_BEGIN not in text or GPU_END not in text:  # first GPU run: its block goes
         hist = text.index("### History (peers)")  # before the history
@@ -438,14 +437,6 @@ def update_docs(report: dict[str, Any], path: Path = DOCS) -> None:
     head, rest = text.split(GPU_BEGIN, 1)
     _, tail = rest.split(GPU_END, 1)
     path.write_text(f"{head}{GPU_BEGIN}\n{latest_block(report)}\n{GPU_END}{tail}", encoding="utf-8")
-
-
-def _cpu_block(path: Path) -> str:
-    """The CPU's latest block as it stands (a GPU run leaves it alone)."""
-    text = path.read_text(encoding="utf-8") if path.exists() else ""
-    if BEGIN in text and END in text:
-        return text.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
-    return "No run recorded yet: `framepool bench peers` rewrites this block."
 
 
 def print_summary(report: dict[str, Any]) -> None:
