@@ -92,9 +92,12 @@ class Sandbox:
         self.dir = Path(tempfile.mkdtemp(prefix="framepool-bench-"))
         try:
             from framepool.redis_server import EmbeddedRedis
+            from framepool.settings import Settings
 
-            # As ``framepool up`` starts it: a password, AOF on (everysec), 127.0.0.1.
-            self.redis = EmbeddedRedis(self.dir / "redis", password=secrets.token_urlsafe(18))
+            # As ``framepool up`` starts it: a password, AOF on (everysec), 127.0.0.1,
+            # REDIS_IO_THREADS (unset: by the host's CPUs)
+            self.redis = EmbeddedRedis(self.dir / "redis", password=secrets.token_urlsafe(18),
+                                       io_threads=Settings().redis_io_threads)  # fmt: skip
             self.redis.start()
         except BaseException:
             self.__exit__(*sys.exc_info())

@@ -105,6 +105,7 @@ class EmbeddedRedis:
         appendonly: bool = True,
         maxmemory: str | None = None,
         binary: str | None = None,
+        io_threads: int = 1,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.host = host
@@ -113,6 +114,14 @@ class EmbeddedRedis:
         self.appendonly = appendonly
         self.maxmemory = maxmemory
         self.binary = binary or find_redis_server()
+        if io_threads < 1:
+            raise ValueError(f"io_threads must be >= 1, got {io_threads}")
+        # Redis reads and writes every client's socket on its main thread, beside the
+        # Lua calls and the AOF; with io_threads > 1 threads of its own do that I/O
+        # (REDIS_IO_THREADS; docs/benchmarks.md, "GPU": +8-19 % frames/s with 4-8
+        # workers on a 16-CPU GPU host, -43 % with 16, whose CPUs the spinning I/O
+        # threads then took)
+        self.io_threads = io_threads
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -136,6 +145,8 @@ class EmbeddedRedis:
             'save ""',
             "maxmemory-policy noeviction",
         ]
+        if self.io_threads > 1:  # sockets read and written beside the main thread
+            lines += [f"io-threads {self.io_threads}", "io-threads-do-reads yes"]
         if self.maxmemory:
             lines.append(f"maxmemory {self.maxmemory}")
         if self.password:
@@ -204,11 +215,12 @@ def _tail(path: Path, lines: int = 5) -> str:
         return "(no log)"
 
 
-def ensure_redis(url: str, data_dir: Path) -> tuple[str, EmbeddedRedis | None]:
+def ensure_redis(url: str, data_dir: Path, io_threads: int = 1) -> tuple[str, EmbeddedRedis | None]:
     """Use ``url`` if it answers; if it is local and silent, start an embedded Redis.
 
     The embedded server takes the URL's port, and a generated password unless the
-    URL names one. Returns the URL to use and the server we started (or None).
+    URL names one, and ``io_threads`` (``REDIS_IO_THREADS``).
+    Returns the URL to use and the server we started (or None).
     """
     state = probe(url)
     if state == "ok":
@@ -221,6 +233,8 @@ def ensure_redis(url: str, data_dir: Path) -> tuple[str, EmbeddedRedis | None]:
         raise BrokerUnavailable(f"Redis at {urlsplit(url).hostname} is unreachable")
     parts = urlsplit(url)
     password = parts.password or secrets.token_urlsafe(18)
-    server = EmbeddedRedis(data_dir / "redis", port=parts.port or 6379, password=password)
+    server = EmbeddedRedis(
+        data_dir / "redis", port=parts.port or 6379, password=password, io_threads=io_threads
+    )
     server.start()
     return server.url, server

@@ -129,3 +129,28 @@ def test_the_sdk_says_when_redis_wants_the_password(redis_server: EmbeddedRedis)
         p.submit("shape_detector", jpeg(32, 24))
     assert "refuses REDIS_URL's password" in str(info.value)
     assert "framepool up` prints it" in str(info.value)
+
+
+def test_io_threads_one_by_default_and_as_many_as_asked(tmp_path: Path) -> None:
+    with EmbeddedRedis(tmp_path / "one") as server:
+        client = redis.Redis.from_url(server.url)
+        assert client.config_get("io-threads")["io-threads"] == "1"
+    with EmbeddedRedis(tmp_path / "three", io_threads=3) as server:
+        client = redis.Redis.from_url(server.url)
+        got = client.config_get("io-threads*")
+        assert got == {"io-threads": "3", "io-threads-do-reads": "yes"}
+        client.set("frame", b"x" * 70_000)  # served with the threads on
+        assert client.get("frame") == b"x" * 70_000
+    with pytest.raises(ValueError, match="io_threads must be >= 1"):
+        EmbeddedRedis(tmp_path / "none", io_threads=0)
+
+
+def test_ensure_redis_passes_io_threads(tmp_path: Path) -> None:
+    from framepool.redis_server import free_port
+
+    url, server = ensure_redis(f"redis://127.0.0.1:{free_port()}/0", tmp_path, io_threads=2)
+    assert server is not None
+    try:
+        assert redis.Redis.from_url(url).config_get("io-threads")["io-threads"] == "2"
+    finally:
+        server.stop()
