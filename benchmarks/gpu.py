@@ -52,6 +52,7 @@ from benchmarks.pipeline import start_framepool_workers, start_plain_worker
 from benchmarks.producer_procs import ProducerProcesses
 from benchmarks.sandbox import BenchError, Sandbox, run_measure
 from framepool.settings import Settings
+from workers.mps import start_mps
 
 DISTINCT_FRAMES = 16
 FRAME_SIZE = (640, 480)
@@ -203,7 +204,18 @@ def measure(sb: Sandbox, plan: Plan, jpegs: Sequence[bytes]) -> dict[str, Any]:
         for w in plan.workers:
             _log(f"framepool: starting {w} worker(s) on {plan.device}")
             names = [f"fp-{plan.model}-{w}-{k}" for k in range(w)]
-            workers = start_framepool_workers(sb, plan.model, 1, plan.device, names, plan.batch)
+            # as `framepool up` does (CUDA_MPS): the workers alone, not the limit loop
+            mps, note = start_mps(settings.cuda_mps, [plan.device] * w, sb.dir / f"mps-{w}")
+            res.setdefault("mps", {})[str(w)] = note
+            _log(f"framepool: {w} worker(s), MPS {note}")
+            env = mps.env if mps is not None else None
+            try:
+                workers = start_framepool_workers(sb, plan.model, 1, plan.device, names,
+                                                  plan.batch, env)  # fmt: skip
+            except BaseException:
+                if mps is not None:
+                    mps.stop()
+                raise
             procs = ProducerProcesses(sb.redis_url, plan.batch, plan.model, jpegs, plan.clients)
             try:
                 procs.run(4 * chunk * plan.clients, chunk)  # warm-up (and the processes' start)
@@ -215,6 +227,8 @@ def measure(sb: Sandbox, plan: Plan, jpegs: Sequence[bytes]) -> dict[str, Any]:
                 procs.close()
                 for child in workers:
                     sb.stop(child)
+                if mps is not None:
+                    mps.stop()
         _log(f"plain Celery: starting a threads worker (-c {PLAIN_CONCURRENCY})")
         env = {"PLAIN_MODEL": plan.model, "PLAIN_DEVICE": plan.device}
         from benchmarks.plain_celery import INFER_QUEUE
@@ -284,6 +298,7 @@ def main(*, model: str, batch: int, frames: int, repeats: int, workers: Sequence
             "model": model,
             "precision": res.pop("precision"),
             "jpeg_on_device": res.pop("jpeg_on_device"),
+            "mps": res.pop("mps", {}),  # per worker count: CUDA_MPS's outcome
             "max_batch_size": batch,
             "frames": frames,
             "repeats": repeats,

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     enable_gpu: bool = True
     gpu_memory_reserve_mb: float = Field(512.0, ge=0)
     gpu_fallback_to_cpu: bool = True
+    # CUDA MPS for workers that share a GPU (`framepool up`, `bench gpu`): auto starts
+    # its own daemon when a GPU has two or more workers; on requires it; off
+    cuda_mps: Literal["auto", "on", "off"] = "auto"
     # torch's OpenMP threads between parallel regions: "passive" sleeps at once,
     # "spin" stays awake ~0.3 ms (GOMP_SPINCOUNT), "auto" spins when a served
     # model's manifest says cpu_wait = "spin". OMP_WAIT_POLICY, GOMP_SPINCOUNT or
@@ -86,6 +89,9 @@ class Settings(BaseSettings):
 
     # --- framepool: Redis, queues, batching ---
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # the embedded redis-server's io-threads (`framepool up`, the benches): 1 = its
+    # main thread does all socket I/O; more help a big host with few busy processes
+    redis_io_threads: int = Field(1, ge=1, le=16)
     data_dir: Path = Path(".framepool")
     max_batch_size: int = Field(16, ge=1, le=1024)
     batch_timeout_ms: float = Field(5.0, ge=0)

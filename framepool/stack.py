@@ -117,6 +117,8 @@ class Stack:
         self.redis_url = settings.redis_url
         self.embedded: EmbeddedRedis | None = None
         self.supervisor: Any = None
+        self.mps: Any = None  # workers.mps.MpsDaemon, when CUDA_MPS started one
+        self.mps_note = ""
         self.services: list[Service] = []
         self.monitor = monitor
         self.gateway = gateway
@@ -131,16 +133,23 @@ class Stack:
         self._stop = False
 
     def __enter__(self) -> Stack:
+        from workers.mps import start_mps
         from workers.supervisor import Supervisor
 
         data_dir = self.settings.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.redis_url, self.embedded = ensure_redis(self.settings.redis_url, data_dir)
+        self.redis_url, self.embedded = ensure_redis(
+            self.settings.redis_url, data_dir, self.settings.redis_io_threads
+        )
         if self.embedded is not None:  # ours alone: forget what earlier runs registered
             redis.Redis.from_url(self.redis_url).delete(keys.SERVED_MODELS)
         env = {"REDIS_URL": self.redis_url, "LOG_FORMAT": "json"}
+        self.mps, self.mps_note = start_mps(
+            self.settings.cuda_mps, [s.device for s in self.specs], data_dir / "mps"
+        )
+        worker_env = {**env, **(self.mps.env if self.mps is not None else {})}
         self.supervisor = Supervisor.from_settings(
-            self.specs, self.settings, env=env, log_dir=data_dir / "logs"
+            self.specs, self.settings, env=worker_env, log_dir=data_dir / "logs"
         )
         self.supervisor.start()
         svc_env = {**env, "API_TOKEN": self.api_token, "LOG_FORMAT": "json"}
@@ -173,6 +182,8 @@ class Stack:
             print(f"worker   {spec.name}  device={spec.device}  models={','.join(spec.models)}")
         for note in self.plan.notes:
             print(f"note     {note}")
+        if any(s.device.startswith("cuda") for s in self.specs):
+            print(f"mps      {self.mps_note}  (CUDA_MPS)")
         if self.monitor:
             host, port = self.settings.server_host, self.settings.monitor_port
             print(f"monitor  http://{host}:{port}/?token={self.api_token}  (dashboard)")
@@ -243,6 +254,8 @@ class Stack:
                     flush=True,
                 )
             self.supervisor.stop()
+        if self.mps is not None:  # after its clients, the workers
+            self.mps.stop()
         for service in self.services:
             if service not in first:
                 service.stop()

@@ -1,0 +1,130 @@
+"""CUDA_MPS: when framepool starts an MPS daemon, and how it starts and stops one.
+
+The control binary here is a stand-in script on PATH (no GPU on CI) that keeps a
+log of its calls and the pipe directory it was given; on a GPU host
+``tests/gpu`` and ``bench gpu`` run the real one."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from framepool.errors import BadInput
+from workers import mps
+from workers.mps import MpsDaemon, shared_gpus, start_mps
+
+FAKE = """#!/bin/sh
+# a stand-in nvidia-cuda-mps-control: -d starts (once per pipe dir), stdin quit stops
+log="$CUDA_MPS_PIPE_DIRECTORY/../calls"
+if [ "$1" = "-d" ]; then
+    echo "start $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY" >> "$log"
+    if [ -e "$CUDA_MPS_PIPE_DIRECTORY/control" ]; then
+        echo "An instance of this daemon is already running"; exit 1
+    fi
+    [ -z "$FAKE_MPS_FAIL" ] || { echo "$FAKE_MPS_FAIL" >&2; exit 1; }
+    touch "$CUDA_MPS_PIPE_DIRECTORY/control"; exit 0
+fi
+read cmd
+echo "$cmd" >> "$log"
+rm -f "$CUDA_MPS_PIPE_DIRECTORY/control"
+"""
+
+
+@pytest.fixture
+def control(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    exe = bin_dir / mps.CONTROL
+    exe.write_text(FAKE)
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.delenv("FAKE_MPS_FAIL", raising=False)
+    return exe
+
+
+def test_shared_gpus_are_those_named_twice() -> None:
+    assert shared_gpus(["cuda:0", "cuda:1", "cuda:0", "cpu", "cpu"]) == ["cuda:0"]
+    assert shared_gpus(["cuda:0", "cuda:1"]) == []
+    assert shared_gpus(["cpu", "cpu"]) == []
+
+
+def test_auto_starts_a_daemon_of_our_own_for_a_shared_gpu_and_stops_it(
+    control: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "data" / "mps"
+    daemon, note = start_mps("auto", ["cuda:0", "cuda:0", "cuda:1"], root)
+    assert daemon is not None and daemon.running
+    assert note.startswith("on for cuda:0")
+    pipe = root.resolve() / "pipe"
+    assert daemon.env == {
+        "CUDA_MPS_PIPE_DIRECTORY": str(pipe),
+        "CUDA_MPS_LOG_DIRECTORY": str(root.resolve() / "log"),
+    }
+    assert (pipe / "control").exists()
+    daemon.stop()
+    assert not (pipe / "control").exists()
+    calls = (root / "calls").read_text().splitlines()
+    assert calls == [f"start {pipe} {root.resolve() / 'log'}", "quit"]
+    daemon.stop()  # a second stop does nothing
+    assert (root / "calls").read_text().splitlines() == calls
+
+
+def test_auto_leaves_mps_off_without_a_shared_gpu_or_the_binary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert start_mps("auto", ["cuda:0", "cuda:1"], tmp_path) == (
+        None,
+        "off (no GPU has two workers)",
+    )
+    assert start_mps("off", ["cuda:0", "cuda:0"], tmp_path) == (None, "off (CUDA_MPS=off)")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no control binary anywhere
+    daemon, note = start_mps("auto", ["cuda:0", "cuda:0"], tmp_path)
+    assert daemon is None and f"{mps.CONTROL} not on PATH" in note and "cuda:0" in note
+    with pytest.raises(BadInput, match="not on PATH"):
+        start_mps("on", ["cuda:0", "cuda:0"], tmp_path)
+    assert start_mps("on", ["cpu", "cpu"], tmp_path) == (None, "off (no worker on a GPU)")
+    with pytest.raises(BadInput, match="CUDA_MPS must be one of"):
+        start_mps("yes", ["cuda:0"], tmp_path)
+
+
+def test_a_daemon_that_does_not_start(
+    control: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_MPS_FAIL", "cannot find any MPS-capable device")
+    daemon, note = start_mps("auto", ["cuda:0", "cuda:0"], tmp_path / "a")
+    assert daemon is None
+    assert note.startswith("off (the daemon did not start") and "MPS-capable" in note
+    with pytest.raises(BadInput, match="did not start: .*MPS-capable"):
+        start_mps("on", ["cuda:0", "cuda:0"], tmp_path / "b")
+
+
+def test_an_earlier_runs_daemon_on_our_pipe_dir_is_reused(control: Path, tmp_path: Path) -> None:
+    first = MpsDaemon(tmp_path, str(control)).start()
+    again = MpsDaemon(tmp_path, str(control)).start()  # "already running": ours to use
+    assert again.running
+    again.stop()
+    assert not (tmp_path / "pipe" / "control").exists()
+    first.running = False  # stopped through `again`
+
+
+def test_settings_take_cuda_mps_and_redis_io_threads_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pydantic import ValidationError
+
+    from framepool.settings import Settings
+
+    assert (Settings().cuda_mps, Settings().redis_io_threads) == ("auto", 1)
+    monkeypatch.setenv("CUDA_MPS", "off")
+    monkeypatch.setenv("REDIS_IO_THREADS", "4")
+    assert (Settings().cuda_mps, Settings().redis_io_threads) == ("off", 4)
+    monkeypatch.setenv("CUDA_MPS", "maybe")
+    with pytest.raises(ValidationError, match="cuda_mps"):
+        Settings()
+    monkeypatch.setenv("CUDA_MPS", "on")
+    monkeypatch.setenv("REDIS_IO_THREADS", "0")
+    with pytest.raises(ValidationError, match="redis_io_threads"):
+        Settings()
