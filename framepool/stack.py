@@ -138,20 +138,28 @@ class Stack:
 
         data_dir = self.settings.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.redis_url, self.embedded = ensure_redis(
-            self.settings.redis_url, data_dir, self.settings.redis_io_threads
-        )
-        if self.embedded is not None:  # ours alone: forget what earlier runs registered
-            redis.Redis.from_url(self.redis_url).delete(keys.SERVED_MODELS)
-        env = {"REDIS_URL": self.redis_url, "LOG_FORMAT": "json"}
+        # first: a CUDA_MPS=on that cannot be honoured stops `up` before anything runs
         self.mps, self.mps_note = start_mps(
             self.settings.cuda_mps, [s.device for s in self.specs], data_dir / "mps"
         )
-        worker_env = {**env, **(self.mps.env if self.mps is not None else {})}
-        self.supervisor = Supervisor.from_settings(
-            self.specs, self.settings, env=worker_env, log_dir=data_dir / "logs"
-        )
-        self.supervisor.start()
+        try:
+            self.redis_url, self.embedded = ensure_redis(
+                self.settings.redis_url, data_dir, self.settings.redis_io_threads
+            )
+            if self.embedded is not None:  # ours alone: forget what earlier runs registered
+                redis.Redis.from_url(self.redis_url).delete(keys.SERVED_MODELS)
+            env = {"REDIS_URL": self.redis_url, "LOG_FORMAT": "json"}
+            worker_env = {**env, **(self.mps.env if self.mps is not None else {})}
+            self.supervisor = Supervisor.from_settings(
+                self.specs, self.settings, env=worker_env, log_dir=data_dir / "logs"
+            )
+            self.supervisor.start()
+        except BaseException:  # nothing of ours left running: the daemon, our Redis
+            if self.mps is not None:
+                self.mps.stop()
+            if self.embedded is not None:
+                self.embedded.stop()
+            raise
         svc_env = {**env, "API_TOKEN": self.api_token, "LOG_FORMAT": "json"}
         for name, wanted in (("monitor", self.monitor), ("gateway", self.gateway)):
             if wanted:

@@ -128,3 +128,21 @@ def test_settings_take_cuda_mps_and_redis_io_threads_from_the_environment(
     monkeypatch.setenv("REDIS_IO_THREADS", "0")
     with pytest.raises(ValidationError, match="redis_io_threads"):
         Settings()
+
+
+def test_up_with_cuda_mps_on_and_no_daemon_stops_before_starting_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from framepool.settings import Settings
+    from framepool.stack import Stack
+    from workers.placement import WorkerSpec
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no nvidia-cuda-mps-control
+    settings = Settings(_env_file=None, cuda_mps="on", data_dir=tmp_path / "data",
+                        redis_url="redis://127.0.0.1:1/0")  # fmt: skip
+    stack = Stack(settings, gpus="none", workers_per_gpu=1, models=["noop"], flower=False)
+    stack.specs = [WorkerSpec(f"gpu0-{k}", "cuda:0", ["noop"]) for k in (1, 2)]
+    with pytest.raises(BadInput, match="CUDA_MPS=on, but nvidia-cuda-mps-control"), stack:
+        pass
+    assert stack.embedded is None and stack.supervisor is None  # no Redis, no worker
+    assert not (tmp_path / "data" / "redis").exists()
