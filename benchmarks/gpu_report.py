@@ -114,6 +114,11 @@ def latest_block(report: dict[str, Any]) -> str:
         f"{cfg['outstanding_per_client'][0]}-{cfg['outstanding_per_client'][1]} frames "
         f"outstanding each; the limit with {cfg['decode_threads']} decode threads; plain "
         f"Celery with {cfg['plain_concurrency']} threads",
+    ]
+    mps = cfg.get("mps") or {}  # runs from before CUDA_MPS have none
+    if mps:
+        lines.append("- MPS (CUDA_MPS): " + "; ".join(f"{w} worker(s) {v}" for w, v in mps.items()))
+    lines += [
         "",
         "| " + " | ".join(HEADER) + " |",
         "|" + "---|" * len(HEADER),

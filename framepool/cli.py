@@ -83,6 +83,8 @@ def up(
 
     One worker per (GPU, slot), pinned with CUDA_VISIBLE_DEVICES; a crashed worker is
     restarted with backoff, and one that keeps exiting stops everything (exit 6).
+    Workers that share a GPU run through an MPS daemon of framepool's own
+    (CUDA_MPS=auto|on|off).
     Ctrl-C or SIGTERM drains: workers hand back the frames they have not started and
     finish their batches within SHUTDOWN_GRACE_SECONDS.
     """

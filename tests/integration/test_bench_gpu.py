@@ -29,6 +29,11 @@ def test_the_command_on_the_cpu_with_the_noop_model(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["config"]["precision"] == "fp32" and report["config"]["jpeg_on_device"] is False
+    off = "off (no GPU has two workers)"  # CUDA_MPS=auto: no daemon for CPU workers
+    assert report["config"]["mps"] == {"1": off, "2": off}
+    assert f"- MPS (CUDA_MPS): 1 worker(s) {off}; 2 worker(s) {off}" in gpu_report.latest_block(
+        report
+    )
     runs = report["details"]
     assert sorted(runs) == ["framepool_1", "framepool_2", "plain_celery"]
     for name, rs in runs.items():
