@@ -95,7 +95,7 @@ class Sandbox:
             from framepool.settings import Settings
 
             # As ``framepool up`` starts it: a password, AOF on (everysec), 127.0.0.1,
-            # REDIS_IO_THREADS (unset: by the host's CPUs)
+            # REDIS_IO_THREADS I/O threads (default 1)
             self.redis = EmbeddedRedis(self.dir / "redis", password=secrets.token_urlsafe(18),
                                        io_threads=Settings().redis_io_threads)  # fmt: skip
             self.redis.start()

@@ -119,7 +119,7 @@ class EmbeddedRedis:
         # Redis reads and writes every client's socket on its main thread, beside the
         # Lua calls and the AOF; with io_threads > 1 threads of its own do that I/O
         # (REDIS_IO_THREADS; docs/benchmarks.md, "GPU": +8-19 % frames/s with 4-8
-        # workers on a 16-CPU GPU host, -43 % with 16, whose CPUs the spinning I/O
+        # workers on a 16-CPU GPU host, -38 % with 16, whose CPUs the spinning I/O
         # threads then took)
         self.io_threads = io_threads
         self.proc: subprocess.Popen[bytes] | None = None

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -30,6 +30,9 @@ from framepool.flower import generate_basic_auth, parse_basic_auth
 from framepool.log import get_logger
 from framepool.redis_server import EmbeddedRedis, ensure_redis
 from framepool.settings import Settings
+
+if TYPE_CHECKING:
+    from workers.mps import MpsDaemon
 
 log = get_logger(__name__)
 
@@ -117,7 +120,7 @@ class Stack:
         self.redis_url = settings.redis_url
         self.embedded: EmbeddedRedis | None = None
         self.supervisor: Any = None
-        self.mps: Any = None  # workers.mps.MpsDaemon, when CUDA_MPS started one
+        self.mps: MpsDaemon | None = None  # when CUDA_MPS started one
         self.mps_note = ""
         self.services: list[Service] = []
         self.monitor = monitor
