@@ -76,6 +76,7 @@ def parse_worker(name: str, value: Any, now: float) -> WorkerView:
         updated_at=updated,
         age_s=max(0.0, now - updated),
         raw=raw,
+        mps=raw["mps"] if isinstance(raw.get("mps"), str) and raw["mps"] else None,
     )
 
 

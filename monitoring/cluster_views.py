@@ -28,6 +28,8 @@ class WorkerView:
     updated_at: float
     age_s: float
     raw: dict[str, Any]
+    #: the MPS pipe directory the worker's CUDA work goes through (``workers/mps.py``)
+    mps: str | None = None
     #: What is derived from this heartbeat once (e.g. compact histograms), shared by
     #: the copies the reader makes of an unchanged heartbeat's view.
     memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)

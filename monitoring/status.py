@@ -20,7 +20,8 @@ def render_status(snap: ClusterSnapshot, active: list[Any]) -> Group:
         workers.add_column(col)
     for w in snap.workers:
         models = ", ".join(f"{m}:{e.get('state')}" for m, e in w.models.items())
-        workers.add_row(w.name, w.hostname, w.state, w.device, f"{w.age_s:.1f}s ago", models)
+        device = f"{w.device} (MPS)" if w.mps else w.device
+        workers.add_row(w.name, w.hostname, w.state, device, f"{w.age_s:.1f}s ago", models)
     for name in snap.gone:
         workers.add_row(name, "-", "[red]gone[/red]", "-", "missing", "-")
 

@@ -3,7 +3,9 @@
 One JSON document per worker, the only thing the monitor needs from it:
 
 - identity: ``worker``, ``hostname``, ``pid``, ``device``, ``gpu`` (index in the
-  process, UUID and name, so series from different hosts never mix);
+  process, UUID and name, so series from different hosts never mix), ``mps`` (the
+  MPS daemon's pipe directory its CUDA work goes through, else null:
+  ``workers/mps.py``);
 - ``nvml``: the NVML reading of the GPU(s) this worker uses (``available``
   false with a reason when NVML cannot be read);
 - ``gpu_manager``: placements and measured memory;
@@ -48,6 +50,14 @@ def gpu_identity(device: str) -> dict[str, Any] | None:
         "name": props.name,
         "total_memory_mb": round(props.total_memory / 2**20, 1),
     }
+
+
+def mps_pipe(device: str) -> str | None:
+    """The MPS pipe directory a worker on ``device`` was handed (``framepool up`` and
+    ``bench gpu`` set ``CUDA_MPS_PIPE_DIRECTORY`` for the workers that share a GPU),
+    else None; a CPU worker has none whatever its environment says."""
+    pipe = os.environ.get("CUDA_MPS_PIPE_DIRECTORY")
+    return pipe or None if device.startswith("cuda") else None
 
 
 def _nvml(runtime: WorkerRuntime, gpus: list[dict[str, Any]]) -> dict[str, Any]:
@@ -97,6 +107,7 @@ def build_snapshot(runtime: WorkerRuntime) -> dict[str, Any]:
         "device": runtime.device,
         "gpu": gpus[0] if gpus else None,
         "gpus": gpus,
+        "mps": mps_pipe(runtime.device),
         "started_at": runtime.started_at,
         "updated_at": time.time(),
         "heartbeat_interval_s": runtime.settings.heartbeat_interval_seconds,

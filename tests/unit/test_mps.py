@@ -146,3 +146,43 @@ def test_up_with_cuda_mps_on_and_no_daemon_stops_before_starting_anything(
         pass
     assert stack.embedded is None and stack.supervisor is None  # no Redis, no worker
     assert not (tmp_path / "data" / "redis").exists()
+
+
+def test_a_worker_says_whether_its_cuda_work_goes_through_mps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's heartbeat (``mps``), then the monitor's /api/v1/workers and
+    /api/v1/gpu/status answers and ``framepool status``'s workers table."""
+    import json
+
+    import fakeredis
+    from rich.console import Console
+
+    from framepool import keys
+    from monitoring import responses
+    from monitoring.cluster import ClusterReader
+    from monitoring.status import render_status
+    from tests.unit.test_cluster import Clock, heartbeat, settings
+    from workers.snapshot import mps_pipe
+
+    monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
+    assert mps_pipe("cuda:0") is None
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", "/data/mps/pipe")
+    assert mps_pipe("cuda:0") == "/data/mps/pipe"
+    assert mps_pipe("cpu") is None  # a CPU worker goes through no daemon
+
+    client = fakeredis.FakeRedis()
+    for name, pipe in (("gpu0-1@h", "/data/mps/pipe"), ("gpu1-1@h", None)):
+        hb = {**heartbeat(name, "h", {}), "device": "cuda:0", "mps": pipe}
+        client.set(keys.worker_heartbeat(name), json.dumps(hb))
+        client.sadd(keys.WORKERS, name)
+    snap = ClusterReader(client, settings(tmp_path), clock=Clock()).read()
+    listed = {w["name"]: w["mps"] for w in responses.workers_list(snap)["workers"]}
+    assert listed == {"gpu0-1@h": "/data/mps/pipe", "gpu1-1@h": None}
+    status = {w["worker"]: w["mps"] for w in responses.gpu_status(snap, 1.0)["workers"]}
+    assert status == {"gpu0-1@h": True, "gpu1-1@h": False}
+    console = Console(width=200, record=True)
+    console.print(render_status(snap, []))
+    rows = [line for line in console.export_text().splitlines() if "@h" in line]
+    assert any("gpu0-1@h" in r and "cuda:0 (MPS)" in r for r in rows)
+    assert any("gpu1-1@h" in r and "cuda:0 (MPS)" not in r for r in rows)
