@@ -57,7 +57,7 @@ def mps_pipe(device: str) -> str | None:
     ``bench gpu`` set ``CUDA_MPS_PIPE_DIRECTORY`` for the workers that share a GPU),
     else None; a CPU worker has none whatever its environment says."""
     pipe = os.environ.get("CUDA_MPS_PIPE_DIRECTORY")
-    return pipe or None if device.startswith("cuda") else None
+    return (pipe or None) if device.startswith("cuda") else None
 
 
 def _nvml(runtime: WorkerRuntime, gpus: list[dict[str, Any]]) -> dict[str, Any]:
