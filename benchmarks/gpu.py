@@ -202,31 +202,28 @@ def measure(sb: Sandbox, plan: Plan, jpegs: Sequence[bytes]) -> dict[str, Any]:
     try:
         _limit(plan, loop, 2 * plan.batch)  # warm-up
         for w in plan.workers:
-            _log(f"framepool: starting {w} worker(s) on {plan.device}")
             names = [f"fp-{plan.model}-{w}-{k}" for k in range(w)]
             # as `framepool up` does (CUDA_MPS): the workers alone, not the limit loop
             mps, note = start_mps(settings.cuda_mps, [plan.device] * w, sb.dir / f"mps-{w}")
             res.setdefault("mps", {})[str(w)] = note
-            _log(f"framepool: {w} worker(s), MPS {note}")
-            env = mps.env if mps is not None else None
+            _log(f"framepool: starting {w} worker(s) on {plan.device}; MPS {note}")
             try:
+                env = mps.env if mps is not None else None
                 workers = start_framepool_workers(sb, plan.model, 1, plan.device, names,
                                                   plan.batch, env)  # fmt: skip
-            except BaseException:
-                if mps is not None:
-                    mps.stop()
-                raise
-            procs = ProducerProcesses(sb.redis_url, plan.batch, plan.model, jpegs, plan.clients)
-            try:
-                procs.run(4 * chunk * plan.clients, chunk)  # warm-up (and the processes' start)
-                pids = _pids(sb, workers, procs.pids())
-                for r in range(plan.repeats):
-                    served = partial(_served, plan, procs.run, plan.frames, chunk, pids)
-                    _pair(res, f"framepool_{w}", plan, loop, r, served)
-            finally:
-                procs.close()
-                for child in workers:
-                    sb.stop(child)
+                procs = ProducerProcesses(sb.redis_url, plan.batch, plan.model, jpegs,
+                                          plan.clients)  # fmt: skip
+                try:
+                    procs.run(4 * chunk * plan.clients, chunk)  # warm-up (and their start)
+                    pids = _pids(sb, workers, procs.pids())
+                    for r in range(plan.repeats):
+                        served = partial(_served, plan, procs.run, plan.frames, chunk, pids)
+                        _pair(res, f"framepool_{w}", plan, loop, r, served)
+                finally:
+                    procs.close()
+                    for child in workers:
+                        sb.stop(child)
+            finally:  # after its clients, the workers
                 if mps is not None:
                     mps.stop()
         _log(f"plain Celery: starting a threads worker (-c {PLAIN_CONCURRENCY})")
